@@ -1,0 +1,44 @@
+# kexue: the two commands are `make report` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.kexue-installed
+# 2-core CI: pytest-xdist is not used; torch threads follow the cores.
+export OMP_NUM_THREADS ?= 2
+export MPLBACKEND := Agg
+
+.PHONY: setup report test test-slow bench lint format clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 first: the CPU build on this machine's disk. Any other spec may pull a CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev,peers]'
+	touch $(STAMP)
+
+report: setup
+	$(VENV)/bin/kexue report --scale quick --out report/
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: setup
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf $(VENV) report build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

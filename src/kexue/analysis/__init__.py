@@ -1,0 +1,1 @@
+"""kexue.analysis (work in progress)."""

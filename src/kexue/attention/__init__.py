@@ -1,0 +1,1 @@
+"""kexue.attention (work in progress)."""

@@ -1,0 +1,1 @@
+"""kexue.data (work in progress)."""

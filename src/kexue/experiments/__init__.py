@@ -1,0 +1,92 @@
+"""Experiment registry: one module per article, each reproducing the article's claim on real data.
+
+Each experiment module defines
+
+* ``Config``: a frozen dataclass of every knob;
+* ``PRESETS = {"smoke": Config(...), "quick": Config(...), "full": Config(...)}`` (smoke: seconds,
+  run by the tests; quick: minutes, run by ``make report``; full: the article's scale);
+* ``run(cfg: Config, out_dir: Path, progress: bool = True) -> dict``: does the work, writes its PNG
+  plots into ``out_dir`` and returns the results dict (schema in :mod:`kexue.report.schema`).
+
+and is listed in :data:`REGISTRY` below. :func:`kexue.experiments.runner.reproduce` resolves the
+preset, applies ``key=value`` overrides, times the run, adds the environment and writes
+``results.json``, ``config.json`` and ``section.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered experiment."""
+
+    name: str
+    module: str
+    article: str  # article title (Chinese original) and date
+    part: str  # the kexue subpackage it exercises
+    summary: str  # one line: what it shows
+
+    def load(self) -> ModuleType:
+        """Import the experiment module (lazily, so `kexue list` stays fast)."""
+        return importlib.import_module(self.module)
+
+
+REGISTRY: dict[str, Entry] = {}
+
+
+def register(entry: Entry) -> None:
+    """Add ``entry`` to :data:`REGISTRY` (names are unique)."""
+    if entry.name in REGISTRY:
+        raise ValueError(f"experiment {entry.name!r} registered twice")
+    REGISTRY[entry.name] = entry
+
+
+register(
+    Entry(
+        name="init-geometry",
+        module="kexue.experiments.init_geometry",
+        article="从几何视角来理解模型参数的初始化策略 (2020-01-16) + n维空间下两个随机向量的夹角分布 (2019-11-13)",
+        part="kexue.init",
+        summary="random vectors are nearly orthogonal; variance-1/m init preserves norms through 50 layers",
+    )
+)
+register(
+    Entry(
+        name="sparse-attention",
+        module="kexue.experiments.sparse_attention",
+        article="为节约而生：从标准Attention到稀疏Attention (2019-07-27)",
+        part="kexue.attention",
+        summary="atrous/local/sparse attention in O(n*w): speed, memory and char-LM quality vs full",
+    )
+)
+register(
+    Entry(
+        name="crf-memm",
+        module="kexue.experiments.crf_memm",
+        article="CRF用过了，不妨再了解下更快的MEMM？ (2020-02-24)",
+        part="kexue.tagging",
+        summary="softmax vs CRF vs MEMM vs Bi-MEMM heads on Chinese word segmentation and NER",
+    )
+)
+register(
+    Entry(
+        name="optimizers",
+        module="kexue.experiments.optimizers",
+        article="Keras实现两个优化器：Lookahead和LazyOptimizer (2019-07-30)",
+        part="kexue.optim",
+        summary="Lookahead(Adam) vs Adam vs SGD on MNIST; Lazy(Adam) vs Adam on an embedding-heavy model",
+    )
+)
+
+
+def get(name: str) -> Entry:
+    """Look up an experiment by name; ``ValueError`` lists the known names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY)) or "(none)"
+        raise ValueError(f"unknown experiment {name!r}; known: {known}") from None

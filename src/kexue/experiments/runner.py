@@ -1,0 +1,135 @@
+"""Run a registered experiment at a preset scale and write its run directory.
+
+A run directory holds ``results.json`` (schema: :mod:`kexue.report.schema`), ``config.json`` (the
+resolved config), the experiment's PNG plots and ``section.md`` (its markdown report section).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import kexue
+from kexue.core.io import atomic_write_json, atomic_write_text
+from kexue.experiments import get
+
+SCALES = ("smoke", "quick", "full")
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["steps=10", "lr=3e-4"]`` -> ``{"steps": "10", "lr": "3e-4"}``; ``ValueError`` on bad items."""
+    out: dict[str, str] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} must look like key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _coerce(name: str, raw: str, typ: Any, current: Any) -> Any:
+    """Convert a CLI string to the field's type (int, float, bool, str, tuples of those)."""
+    if isinstance(typ, str):
+        typ = type(current)
+    origin = typing.get_origin(typ)
+    try:
+        if typ is bool or isinstance(current, bool):
+            low = raw.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if origin is tuple or isinstance(current, tuple):
+            args = typing.get_args(typ)
+            elem = args[0] if args else (type(current[0]) if current else str)
+            items = [s for s in raw.split(",") if s.strip()]
+            return tuple(_coerce(name, s.strip(), elem, elem() if callable(elem) else None) for s in items)
+        if typ is int or isinstance(current, int):
+            return int(raw)
+        if typ is float or isinstance(current, float):
+            return float(raw)
+        if current is None and raw.lower() in ("none", "null", ""):
+            return None
+        return raw
+    except (TypeError, ValueError):
+        raise ValueError(f"override {name}={raw!r}: expected {getattr(typ, '__name__', typ)}") from None
+
+
+def resolve_config(module: Any, scale: str, overrides: dict[str, str] | None = None) -> Any:
+    """Return ``module.PRESETS[scale]`` with ``overrides`` applied (strings coerced to field types)."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    cfg = module.PRESETS[scale]
+    if not overrides:
+        return cfg
+    hints = typing.get_type_hints(type(cfg))
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    changes = {}
+    for key, raw in overrides.items():
+        if key not in fields:
+            raise ValueError(f"unknown config key {key!r} for {module.__name__}; known: {', '.join(fields)}")
+        changes[key] = _coerce(key, raw, hints.get(key, str), getattr(cfg, key))
+    return dataclasses.replace(cfg, **changes)
+
+
+def environment() -> dict[str, Any]:
+    """Facts about the machine a result came from (for honest comparisons)."""
+    return {
+        "kexue": kexue.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def reproduce(
+    name: str,
+    scale: str = "smoke",
+    out_dir: str | Path = "runs",
+    overrides: dict[str, str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run experiment ``name`` at ``scale`` into ``out_dir`` and return its results dict.
+
+    Writes ``out_dir/results.json``, ``out_dir/config.json`` and ``out_dir/section.md``; the
+    experiment itself writes its plots into ``out_dir``.
+    """
+    from kexue.report.markdown import render_section  # report sits beside, not below, experiments
+    from kexue.report.schema import validate_results
+
+    entry = get(name)
+    module = entry.load()
+    cfg = resolve_config(module, scale, overrides)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.asdict(cfg)
+    atomic_write_json(out / "config.json", config)
+    t0 = time.perf_counter()
+    results = module.run(cfg, out, progress=progress)
+    wall = time.perf_counter() - t0
+    results = {
+        "name": entry.name,
+        "article": entry.article,
+        "part": entry.part,
+        "summary": entry.summary,
+        "scale": scale,
+        "config": config,
+        **results,
+        "environment": environment(),
+        "wall_time_s": round(wall, 3),
+    }
+    validate_results(results, out)
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "section.md", render_section(results))
+    return results

@@ -1,0 +1,1 @@
+"""kexue.init (work in progress)."""

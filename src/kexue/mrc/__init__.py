@@ -1,0 +1,1 @@
+"""kexue.mrc (work in progress)."""

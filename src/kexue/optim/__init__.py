@@ -1,0 +1,1 @@
+"""kexue.optim (work in progress)."""

@@ -1,0 +1,1 @@
+"""kexue.seq2seq (work in progress)."""

@@ -1,0 +1,1 @@
+"""kexue.tagging (work in progress)."""

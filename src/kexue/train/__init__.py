@@ -1,0 +1,1 @@
+"""kexue.train (work in progress)."""

@@ -1,0 +1,1 @@
+"""kexue.vq (work in progress)."""

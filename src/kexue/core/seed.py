@@ -16,7 +16,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
         A fresh ``torch.Generator`` seeded with ``seed`` for code that prefers explicit generators.
     """
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 -- seeds the legacy global RNG that user code may use
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     if deterministic:

@@ -49,7 +49,7 @@ register(
     Entry(
         name="init-geometry",
         module="kexue.experiments.init_geometry",
-        article="从几何视角来理解模型参数的初始化策略 (2020-01-16) + n维空间下两个随机向量的夹角分布 (2019-11-13)",
+        article="从几何视角来理解模型参数的初始化策略 “A geometric view of parameter initialisation” (2020-01-16) + n维空间下两个随机向量的夹角分布 “The angle between two random vectors in n dimensions” (2019-11-13)",
         part="kexue.init",
         summary="random vectors are nearly orthogonal; variance-1/m init preserves norms through 50 layers",
     )
@@ -58,7 +58,7 @@ register(
     Entry(
         name="sparse-attention",
         module="kexue.experiments.sparse_attention",
-        article="为节约而生：从标准Attention到稀疏Attention (2019-07-27)",
+        article="为节约而生：从标准Attention到稀疏Attention “Born to save: from standard to sparse attention” (2019-07-27)",
         part="kexue.attention",
         summary="atrous/local/sparse attention in O(n*w): speed, memory and char-LM quality vs full",
     )
@@ -67,7 +67,7 @@ register(
     Entry(
         name="crf-memm",
         module="kexue.experiments.crf_memm",
-        article="CRF用过了，不妨再了解下更快的MEMM？ (2020-02-24)",
+        article="CRF用过了，不妨再了解下更快的MEMM？ “Used CRF? Meet the faster MEMM” (2020-02-24)",
         part="kexue.tagging",
         summary="softmax vs CRF vs MEMM vs Bi-MEMM heads on Chinese word segmentation and NER",
     )
@@ -76,7 +76,7 @@ register(
     Entry(
         name="optimizers",
         module="kexue.experiments.optimizers",
-        article="Keras实现两个优化器：Lookahead和LazyOptimizer (2019-07-30)",
+        article="Keras实现两个优化器：Lookahead和LazyOptimizer “Two optimizers in Keras: Lookahead and LazyOptimizer” (2019-07-30)",
         part="kexue.optim",
         summary="Lookahead(Adam) vs Adam vs SGD on MNIST; Lazy(Adam) vs Adam on an embedding-heavy model",
     )

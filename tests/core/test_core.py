@@ -1,0 +1,89 @@
+import json
+import os
+
+import pytest
+import torch
+
+from kexue.core import (
+    atomic_write_json,
+    check_positive_int,
+    check_shape,
+    lengths_to_mask,
+    load_safetensors,
+    mask_to_lengths,
+    resolve_mask,
+    save_safetensors,
+    seed_everything,
+)
+
+
+def test_check_shape_binds_symbols_and_names_argument():
+    sizes = check_shape(torch.zeros(2, 3, 4), "emissions", ("b", "t", "k"))
+    assert sizes == {"b": 2, "t": 3, "k": 4}
+    with pytest.raises(ValueError, match=r"tags must have shape \(b, t\).*b=2"):
+        check_shape(torch.zeros(5, 3, dtype=torch.long), "tags", ("b", "t"), sizes)
+    with pytest.raises(ValueError, match=r"emissions must have shape \(b, t, k\), got \(2, 3\)"):
+        check_shape(torch.zeros(2, 3), "emissions", ("b", "t", "k"))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        check_shape([1, 2], "x", ("n",))
+    with pytest.raises(ValueError, match="dim 1 should be 4"):
+        check_shape(torch.zeros(2, 3), "w", (None, 4))
+
+
+def test_check_positive_int():
+    assert check_positive_int(3, "rate") == 3
+    with pytest.raises(TypeError, match="rate must be an int"):
+        check_positive_int(True, "rate")
+    with pytest.raises(ValueError, match="rate must be >= 1, got 0"):
+        check_positive_int(0, "rate")
+
+
+def test_masks_round_trip_and_resolve():
+    lengths = torch.tensor([3, 1, 0, 4])
+    mask = lengths_to_mask(lengths)
+    assert mask.shape == (4, 4) and mask.dtype == torch.bool
+    assert mask.tolist()[1] == [True, False, False, False]
+    assert torch.equal(mask_to_lengths(mask), lengths)
+    assert torch.equal(resolve_mask(None, lengths, 4, 5, torch.device("cpu"))[:, :4], mask)
+    assert resolve_mask(None, None, 2, 3, torch.device("cpu")).all()
+    with pytest.raises(ValueError, match="either mask or lengths"):
+        resolve_mask(mask, lengths, 4, 4, torch.device("cpu"))
+    with pytest.raises(TypeError, match="bool"):
+        resolve_mask(mask.long(), None, 4, 4, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 2\]"):
+        lengths_to_mask(lengths, 2)
+
+
+def test_safetensors_atomic_roundtrip_and_failure_keeps_old(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    w = torch.randn(3, 4)
+    save_safetensors({"w": w, "tied": w}, path)  # shared storage is accepted
+    assert torch.equal(load_safetensors(path)["w"], w)
+
+    import kexue.core.io as io
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io, "save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_safetensors({"w": torch.zeros(1)}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_safetensors(path)["w"], w)  # old file intact
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left
+    with pytest.raises(FileNotFoundError):
+        load_safetensors(tmp_path / "missing.safetensors")
+
+
+def test_atomic_json_handles_nonfinite(tmp_path):
+    p = atomic_write_json(tmp_path / "r.json", {"a": float("nan"), "b": [1.0, float("inf")]})
+    assert json.loads(p.read_text()) == {"a": None, "b": [1.0, None]}
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_seed_everything_reproducible():
+    seed_everything(3, deterministic=False)
+    a = torch.randn(5)
+    g = seed_everything(3, deterministic=False)
+    assert torch.equal(a, torch.randn(5))
+    assert torch.equal(torch.randn(2, generator=g), torch.randn(2, generator=seed_everything(3, False)))

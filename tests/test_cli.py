@@ -1,0 +1,77 @@
+"""The real console script, end to end (subprocess), including bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+KEXUE = shutil.which("kexue", path=str(Path(sys.executable).parent)) or shutil.which("kexue")
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    assert KEXUE, "the kexue console script is not installed"
+    env = dict(os.environ, MPLBACKEND="Agg")
+    return subprocess.run([KEXUE, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_help_and_version():
+    r = run("--help")
+    assert r.returncode == 0 and "reproduce" in r.stdout and "report" in r.stdout
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("kexue ")
+
+
+def test_list_names_every_registered_experiment():
+    from kexue.experiments import REGISTRY
+
+    r = run("list")
+    assert r.returncode == 0
+    for name in REGISTRY:
+        assert name in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("reproduce", "no-such-experiment"), "unknown experiment 'no-such-experiment'"),
+        (("reproduce", "init-geometry", "--scale", "huge"), "invalid choice: 'huge'"),
+        (("reproduce", "init-geometry", "notakeyvalue"), "must look like key=value"),
+        (("reproduce", "init-geometry", "no_such_key=1"), "unknown config key 'no_such_key'"),
+        (("bogus-command",), "invalid choice"),
+        (("report", "--only", "nope"), "unknown experiment 'nope'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
+    r = run(*args, "--out", str(tmp_path)) if args[0] in ("reproduce", "report") else run(*args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_data_list():
+    r = run("data", "list")
+    assert r.returncode == 0, r.stderr
+    assert "mnist" in r.stdout and "ud-gsd-cws" in r.stdout
+
+
+def test_reproduce_init_geometry_smoke_writes_files(tmp_path):
+    out = tmp_path / "ig"
+    r = run("reproduce", "init-geometry", "--scale", "smoke", "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["name"] == "init-geometry" and res["scale"] == "smoke"
+    assert json.loads((out / "config.json").read_text()) == res["config"]
+    assert res["comparison"] and res["plots"] and res["headline"]
+    for plot in res["plots"]:
+        png = out / plot["file"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## init-geometry" in (out / "section.md").read_text()
+    assert res["environment"]["torch"] and res["wall_time_s"] > 0

@@ -56,13 +56,17 @@ def test_dependency_direction(path: Path):
     if room == "__init__":
         return
     allowed = ALLOWED.get(room)
-    assert allowed is not None, f"{path}: unknown room {room!r}; add it to ARCHITECTURE and this test"
+    assert allowed is not None, (
+        f"{path}: unknown room {room!r}; add it to ARCHITECTURE and this test"
+    )
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for lineno, module in _kexue_imports(tree):
         target = module.split(".")[1]
         if target == "__version__":
             continue
-        assert target in allowed, f"{path.relative_to(SRC)}:{lineno} imports {module} ({room} may use {sorted(allowed)})"
+        assert target in allowed, (
+            f"{path.relative_to(SRC)}:{lineno} imports {module} ({room} may use {sorted(allowed)})"
+        )
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(SRC)))

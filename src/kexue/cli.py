@@ -96,7 +96,9 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
     for r in rows:
         splits = ", ".join(f"{k} {v}" if v is not None else k for k, v in dict(r["splits"]).items())
         size = f"{r['size_bytes'] / 2**20:.1f} MB"
-        print(f"{r['name']:<18} {str(r['task'])[:34]:<34} {size:>9}  {str(r['licence'])[:28]:<28} {splits}")
+        print(
+            f"{r['name']:<18} {str(r['task'])[:34]:<34} {size:>9}  {str(r['licence'])[:28]:<28} {splits}"
+        )
         print(f"{'':<18} {'':<34} {'':>9}  {'':<28} {r['location']}")
     return 0
 
@@ -114,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("list", help="registered experiments and their articles")
     s.set_defaults(func=_cmd_list)
 
-    for cmd, helptext in (("reproduce", "run one experiment (or all)"), ("report", "run experiments and build the report")):
+    for cmd, helptext in (
+        ("reproduce", "run one experiment (or all)"),
+        ("report", "run experiments and build the report"),
+    ):
         s = sub.add_parser(cmd, help=helptext)
         if cmd == "reproduce":
             s.add_argument("name", help="experiment name (see `kexue list`) or 'all'")
@@ -122,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--only", nargs="+", metavar="NAME", help="only these experiments")
             s.set_defaults(func=_cmd_report, out="report")
-        s.add_argument("--scale", choices=("smoke", "quick", "full"), default="quick" if cmd == "report" else "smoke")
+        s.add_argument(
+            "--scale",
+            choices=("smoke", "quick", "full"),
+            default="quick" if cmd == "report" else "smoke",
+        )
         s.add_argument("--out", help="output directory (default: runs/ or report/)")
         s.add_argument("--no-progress", action="store_true", help="no progress bars")
         s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -169,7 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not a user error: still one line, but exit 1
         if os.environ.get("KEXUE_DEBUG"):
             raise
-        print(f"kexue: internal error: {type(exc).__name__}: {exc} (KEXUE_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"kexue: internal error: {type(exc).__name__}: {exc} (KEXUE_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -86,4 +86,6 @@ def test_seed_everything_reproducible():
     a = torch.randn(5)
     g = seed_everything(3, deterministic=False)
     assert torch.equal(a, torch.randn(5))
-    assert torch.equal(torch.randn(2, generator=g), torch.randn(2, generator=seed_everything(3, False)))
+    assert torch.equal(
+        torch.randn(2, generator=g), torch.randn(2, generator=seed_everything(3, False))
+    )

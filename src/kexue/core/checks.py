@@ -51,7 +51,9 @@ def check_shape(
             continue
         if isinstance(want, int):
             if have != want:
-                raise ValueError(f"{name} must have shape {pretty}, got {got} (dim {dim} should be {want})")
+                raise ValueError(
+                    f"{name} must have shape {pretty}, got {got} (dim {dim} should be {want})"
+                )
         else:
             bound = sizes.setdefault(want, have)
             if bound != have:

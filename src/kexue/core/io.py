@@ -42,7 +42,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically (non-finite floats become ``null``)."""
-    return atomic_write_text(path, json.dumps(_finite(obj), indent=2, ensure_ascii=False, default=str) + "\n")
+    return atomic_write_text(
+        path, json.dumps(_finite(obj), indent=2, ensure_ascii=False, default=str) + "\n"
+    )
 
 
 def _finite(obj: Any) -> Any:
@@ -56,7 +58,9 @@ def _finite(obj: Any) -> Any:
 
 
 def save_safetensors(
-    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Save a flat dict of tensors as safetensors, atomically.
 
@@ -80,7 +84,9 @@ def save_safetensors(
     return path
 
 
-def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def load_safetensors(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """Load a safetensors file (no pickle, safe for untrusted files)."""
     path = Path(path)
     if not path.is_file():

@@ -22,7 +22,9 @@ def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.
         raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
     n = int(lengths.max().item()) if max_len is None and lengths.numel() else int(max_len or 0)
     if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > n):
-        raise ValueError(f"lengths must lie in [0, {n}], got min {int(lengths.min())} max {int(lengths.max())}")
+        raise ValueError(
+            f"lengths must lie in [0, {n}], got min {int(lengths.min())} max {int(lengths.max())}"
+        )
     return torch.arange(n, device=lengths.device)[None, :] < lengths[:, None]
 
 

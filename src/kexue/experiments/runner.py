@@ -51,7 +51,9 @@ def _coerce(name: str, raw: str, typ: Any, current: Any) -> Any:
             args = typing.get_args(typ)
             elem = args[0] if args else (type(current[0]) if current else str)
             items = [s for s in raw.split(",") if s.strip()]
-            return tuple(_coerce(name, s.strip(), elem, elem() if callable(elem) else None) for s in items)
+            return tuple(
+                _coerce(name, s.strip(), elem, elem() if callable(elem) else None) for s in items
+            )
         if typ is int or isinstance(current, int):
             return int(raw)
         if typ is float or isinstance(current, float):
@@ -60,7 +62,9 @@ def _coerce(name: str, raw: str, typ: Any, current: Any) -> Any:
             return None
         return raw
     except (TypeError, ValueError):
-        raise ValueError(f"override {name}={raw!r}: expected {getattr(typ, '__name__', typ)}") from None
+        raise ValueError(
+            f"override {name}={raw!r}: expected {getattr(typ, '__name__', typ)}"
+        ) from None
 
 
 def resolve_config(module: Any, scale: str, overrides: dict[str, str] | None = None) -> Any:
@@ -75,7 +79,9 @@ def resolve_config(module: Any, scale: str, overrides: dict[str, str] | None = N
     changes = {}
     for key, raw in overrides.items():
         if key not in fields:
-            raise ValueError(f"unknown config key {key!r} for {module.__name__}; known: {', '.join(fields)}")
+            raise ValueError(
+                f"unknown config key {key!r} for {module.__name__}; known: {', '.join(fields)}"
+            )
         changes[key] = _coerce(key, raw, hints.get(key, str), getattr(cfg, key))
     return dataclasses.replace(cfg, **changes)
 

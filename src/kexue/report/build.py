@@ -32,7 +32,9 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
 
 def _overview(all_results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     cols = ["experiment", "part", "scale", "finding", "wall time (s)"]
-    rows = [[r["name"], r["part"], r["scale"], r["headline"], r.get("wall_time_s")] for r in all_results]
+    rows = [
+        [r["name"], r["part"], r["scale"], r["headline"], r.get("wall_time_s")] for r in all_results
+    ]
     return cols, rows
 
 
@@ -57,7 +59,9 @@ def build_report(out_dir: str | Path, failures: dict[str, str] | None = None) ->
     md = ["# kexue report", "", intro, "", table_md(cols, rows), ""]
     body = ["<h1>kexue report</h1>", f"<p>{intro}</p>", table_html(cols, rows)]
     if failures:
-        md += ["## Failed experiments", ""] + [f"- **{k}**: {v}" for k, v in failures.items()] + [""]
+        md += (
+            ["## Failed experiments", ""] + [f"- **{k}**: {v}" for k, v in failures.items()] + [""]
+        )
         body.append(
             "<h2>Failed experiments</h2><ul>"
             + "".join(f"<li><b>{k}</b>: {v}</li>" for k, v in failures.items())

@@ -52,7 +52,10 @@ def section_html(results: dict[str, Any], image_prefix: str = "") -> str:
     comp = results.get("comparison", [])
     if comp:
         rows = [[r["quantity"], r["article"], r["ours"], r.get("note", "")] for r in comp]
-        parts += ["<h3>Article vs ours</h3>", table_html(["quantity", "article", "ours", "note"], rows)]
+        parts += [
+            "<h3>Article vs ours</h3>",
+            table_html(["quantity", "article", "ours", "note"], rows),
+        ]
     for t in results.get("tables", []):
         parts += [f"<h3>{e(t['title'])}</h3>", table_html(t["columns"], t["rows"])]
     for p in results.get("plots", []):
@@ -62,7 +65,19 @@ def section_html(results: dict[str, Any], image_prefix: str = "") -> str:
             f"<figcaption>{cap}</figcaption></figure>"
         )
     if results.get("notes"):
-        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{e(n)}</li>" for n in results["notes"]) + "</ul>")
+        parts.append(
+            "<h3>Notes</h3><ul>" + "".join(f"<li>{e(n)}</li>" for n in results["notes"]) + "</ul>"
+        )
+    for label, key in (("Key metrics", "metrics"), ("Configuration", "config")):
+        items = results.get(key) or {}
+        if items:
+            rows = [
+                [k, v if isinstance(v, int | float | str) or v is None else str(v)]
+                for k, v in items.items()
+            ]
+            parts.append(
+                f"<details><summary>{label}</summary>{table_html([key, 'value'], rows)}</details>"
+            )
     env = results.get("environment", {})
     parts.append(
         f'<p class="meta">scale {e(str(results.get("scale")))}, wall time {e(fmt(results.get("wall_time_s")))} s, '

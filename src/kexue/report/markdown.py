@@ -32,7 +32,8 @@ def table_md(columns: list[str], rows: list[list[Any]]) -> str:
 def comparison_table(results: dict[str, Any]) -> str:
     """The article-vs-ours rows as a markdown table (empty string if there are none)."""
     rows = [
-        [r["quantity"], r["article"], r["ours"], r.get("note", "")] for r in results.get("comparison", [])
+        [r["quantity"], r["article"], r["ours"], r.get("note", "")]
+        for r in results.get("comparison", [])
     ]
     if not rows:
         return ""
@@ -47,7 +48,11 @@ def render_section(results: dict[str, Any], image_prefix: str = "") -> str:
         image_prefix: path prefix for plot files (e.g. ``"init-geometry/"`` from the index page).
     """
     lines = [f"## {results['name']}", ""]
-    lines += [f"*Article:* {results['article']}  ", f"*Part:* `{results['part']}` — {results['summary']}", ""]
+    lines += [
+        f"*Article:* {results['article']}  ",
+        f"*Part:* `{results['part']}` — {results['summary']}",
+        "",
+    ]
     lines += [f"**{results['headline']}**", ""]
     comp = comparison_table(results)
     if comp:
@@ -60,6 +65,21 @@ def render_section(results: dict[str, Any], image_prefix: str = "") -> str:
             lines += [f"*{plot['caption']}*", ""]
     if results.get("notes"):
         lines += ["### Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    for label, key in (("Key metrics", "metrics"), ("Configuration", "config")):
+        items = results.get(key) or {}
+        if items:
+            rows = [
+                [k, v if isinstance(v, int | float | str) or v is None else str(v)]
+                for k, v in items.items()
+            ]
+            lines += [
+                f"<details><summary>{label}</summary>",
+                "",
+                table_md([key, "value"], rows),
+                "",
+                "</details>",
+                "",
+            ]
     env = results.get("environment", {})
     lines += [
         f"<sub>scale `{results.get('scale')}`, wall time {fmt(results.get('wall_time_s'))} s, "

@@ -1,0 +1,243 @@
+"""Lookahead: equivalences, hand trajectory, peer trajectory, save/resume, schedulers, AMP."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from kexue.optim import Lazy, Lookahead
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+
+
+def _batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randn(8, 5, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (8,), generator=g),
+        )
+        for _ in range(n)
+    ]
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, batches, scheduler=None) -> None:
+    for x, y in batches:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+def _params(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _assert_same(a: list[torch.Tensor], b: list[torch.Tensor], exact: bool = True) -> None:
+    for x, y in zip(a, b, strict=True):
+        if exact:
+            assert torch.equal(x, y), (x - y).abs().max()
+        else:
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("inner", ["adam", "sgd"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_alpha_one_is_inner(inner: str, k: int) -> None:
+    def make(m):
+        if inner == "adam":
+            return torch.optim.Adam(m.parameters(), lr=1e-2)
+        return torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+
+    batches = _batches(7)
+    m1, m2 = _model(), _model()
+    _train(m1, make(m1), batches)
+    _train(m2, Lookahead(make(m2), k=k, alpha=1.0), batches)
+    _assert_same(_params(m1), _params(m2))
+
+
+def test_k1_sgd_is_sgd_with_scaled_lr() -> None:
+    batches = _batches(5)
+    m1, m2 = _model(), _model()
+    _train(m1, torch.optim.SGD(m1.parameters(), lr=0.05), batches)
+    _train(m2, Lookahead(torch.optim.SGD(m2.parameters(), lr=0.1), k=1, alpha=0.5), batches)
+    _assert_same(_params(m1), _params(m2), exact=False)
+
+
+def test_hand_trajectory_quadratic() -> None:
+    # L = 0.5 * w^2, SGD lr 0.5: each fast step halves w. k=2, alpha=0.5, w0 = 8.
+    w = nn.Parameter(torch.tensor([8.0], dtype=torch.float64))
+    opt = Lookahead(torch.optim.SGD([w], lr=0.5), k=2, alpha=0.5)
+    seen = []
+    for _ in range(4):
+        opt.zero_grad()
+        (0.5 * w**2).sum().backward()
+        opt.step()
+        seen.append((w.item(), opt.state[w]["slow_param"].item()))
+    # step1: fast 4, slow 8; step2: fast 2 -> slow 8 + .5(2-8) = 5, fast 5;
+    # step3: fast 2.5; step4: fast 1.25 -> slow 5 + .5(1.25-5) = 3.125
+    assert seen == [(4.0, 8.0), (5.0, 5.0), (2.5, 5.0), (3.125, 3.125)]
+    assert opt.step_count == 4
+
+
+@pytest.mark.parametrize("pullback", ["none", "reset", "pullback"])
+def test_matches_pytorch_optimizer(pullback: str) -> None:
+    peer = pytest.importorskip("pytorch_optimizer")
+    batches = _batches(11)
+    m1, m2 = _model(), _model()
+    ours = Lookahead(
+        torch.optim.SGD(m1.parameters(), lr=0.1, momentum=0.9), k=3, alpha=0.6, pullback=pullback
+    )
+    theirs = peer.Lookahead(
+        torch.optim.SGD(m2.parameters(), lr=0.1, momentum=0.9),
+        k=3,
+        alpha=0.6,
+        pullback_momentum=pullback,
+    )
+    _train(m1, ours, batches)
+    _train(m2, theirs, batches)
+    _assert_same(_params(m1), _params(m2), exact=False)
+
+
+def test_matches_pytorch_optimizer_adam() -> None:
+    peer = pytest.importorskip("pytorch_optimizer")
+    batches = _batches(12)
+    m1, m2 = _model(), _model()
+    _train(m1, Lookahead(torch.optim.Adam(m1.parameters(), lr=1e-2), k=5, alpha=0.5), batches)
+    _train(m2, peer.Lookahead(torch.optim.Adam(m2.parameters(), lr=1e-2), k=5, alpha=0.5), batches)
+    _assert_same(_params(m1), _params(m2), exact=False)
+
+
+@pytest.mark.parametrize("pullback", ["none", "pullback"])
+def test_state_dict_resume_mid_cycle_is_exact(pullback: str) -> None:
+    batches = _batches(12)
+
+    def make(m):
+        return Lookahead(
+            torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), k=5, alpha=0.5, pullback=pullback
+        )
+
+    ref = _model()
+    _train(ref, make(ref), batches)
+
+    m = _model()
+    opt = make(m)
+    _train(m, opt, batches[:7])  # mid-cycle: 7 % 5 = 2
+    buf = io.BytesIO()
+    torch.save({"model": m.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+
+    fresh = _model(seed=123)  # different init: everything must come from the checkpoint
+    fresh.load_state_dict(ckpt["model"])
+    opt2 = make(fresh)
+    opt2.load_state_dict(ckpt["opt"])
+    assert opt2.step_count == 7
+    _train(fresh, opt2, batches[7:])
+    _assert_same(_params(ref), _params(fresh))
+
+
+def test_state_dict_layout_and_errors() -> None:
+    m = _model()
+    opt = Lookahead(torch.optim.Adam(m.parameters()), k=4, alpha=0.8)
+    sd = opt.state_dict()
+    assert {"state", "param_groups", "lookahead"} <= set(sd)
+    assert sd["lookahead"]["k"] == 4 and sd["lookahead"]["alpha"] == 0.8
+    assert len(sd["lookahead"]["slow_param"]) == len(list(m.parameters()))
+    with pytest.raises(ValueError, match="lookahead"):
+        opt.load_state_dict(torch.optim.Adam(m.parameters()).state_dict())
+    pickle.loads(pickle.dumps(opt))  # picklable like any optimizer
+
+
+def test_slow_weights_context() -> None:
+    m = _model()
+    opt = Lookahead(torch.optim.SGD(m.parameters(), lr=0.1), k=5, alpha=0.5)
+    init = _params(m)
+    _train(m, opt, _batches(3))
+    fast = _params(m)
+    with opt.slow_weights():
+        _assert_same(_params(m), init)  # no sync yet: slow = initial weights
+        with pytest.raises(RuntimeError):
+            opt.state_dict()
+        with pytest.raises(RuntimeError):
+            opt.step()
+    _assert_same(_params(m), fast)
+
+
+def test_scheduler_changes_inner_lr() -> None:
+    m = _model()
+    inner = torch.optim.SGD(m.parameters(), lr=1.0)
+    opt = Lookahead(inner, k=2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
+    _train(m, opt, _batches(4), scheduler=sched)
+    assert inner.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert opt.param_groups is inner.param_groups
+
+
+def test_add_param_group_gets_slow_copy() -> None:
+    m = _model()
+    opt = Lookahead(torch.optim.SGD(list(m[0].parameters()), lr=0.1), k=2)
+    opt.add_param_group({"params": list(m[2].parameters())})
+    assert all("slow_param" in opt.state[p] for p in m.parameters())
+    assert len(opt.optimizer.param_groups) == 2
+    _train(m, opt, _batches(2))
+
+
+def test_validation() -> None:
+    m = _model()
+    with pytest.raises(TypeError, match="optimizer"):
+        Lookahead(m)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="alpha"):
+        Lookahead(torch.optim.SGD(m.parameters(), lr=0.1), alpha=0.0)
+    with pytest.raises(ValueError, match="k"):
+        Lookahead(torch.optim.SGD(m.parameters(), lr=0.1), k=0)
+    with pytest.raises(ValueError, match="pullback"):
+        Lookahead(torch.optim.SGD(m.parameters(), lr=0.1), pullback="bogus")
+    with pytest.raises(ValueError, match="momentum"):
+        Lookahead(torch.optim.Adam(m.parameters()), pullback="reset")
+
+
+def test_grad_scaler_skipped_step_does_not_count() -> None:
+    m = _model().float()
+    opt = Lookahead(torch.optim.SGD(m.parameters(), lr=0.1), k=2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    scaler.scale(nn.functional.cross_entropy(m(x), y)).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert opt.step_count == 1
+    before = _params(m)
+    opt.zero_grad()
+    loss = nn.functional.cross_entropy(m(x), y) * float("inf")
+    scaler.scale(loss).backward()
+    scaler.step(opt)  # inf gradients: skipped, counter unchanged, weights unchanged
+    scaler.update()
+    assert opt.step_count == 1
+    _assert_same(_params(m), before)
+
+
+def test_composes_with_lazy() -> None:
+    torch.manual_seed(0)
+    emb, head = nn.Embedding(20, 4).double(), nn.Linear(4, 2).double()
+    params = list(emb.parameters()) + list(head.parameters())
+    opt = Lookahead(Lazy(torch.optim.Adam(params, lr=0.1), params=[emb]), k=2, alpha=0.5)
+    x = torch.tensor([[1, 3, 3]])
+    w0 = emb.weight.detach().clone()
+    for _ in range(4):
+        opt.zero_grad()
+        head(emb(x)).sum().backward()
+        opt.step()
+    untouched = [i for i in range(20) if i not in (1, 3)]
+    assert torch.equal(emb.weight[untouched], w0[untouched])
+    assert not torch.equal(emb.weight[[1, 3]], w0[[1, 3]])
+    sd = opt.state_dict()
+    assert {"lazy", "lookahead"} <= set(sd)
+    opt.load_state_dict(sd)

@@ -132,6 +132,13 @@ def read_conll(
             raise DataFormatError(
                 path, lineno, f"expected at least {need} columns, got {len(parts)}: {line!r}"
             )
+        if (token_col - tag_col) % len(parts) == 0:
+            raise DataFormatError(
+                path,
+                lineno,
+                f"token_col={token_col} and tag_col={tag_col} are the same column of a "
+                f"{len(parts)}-column line: {line!r}",
+            )
         if len(parts) != ncols:
             raise DataFormatError(
                 path,
@@ -379,7 +386,7 @@ def read_webqa(path: PathLike) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         ok = isinstance(item, dict) and isinstance(item.get("question"), str)
-        line = _line_of(raw, json.dumps(item["question"])) if ok else None
+        line = _line_of(raw, json.dumps(item["question"], ensure_ascii=False)) if ok else None
         if ok and line is None:  # file stores \\uXXXX escapes
             line = _line_of(raw, json.dumps(item["question"], ensure_ascii=True))
         if not ok or not isinstance(item.get("passages"), list):

@@ -24,7 +24,7 @@ import copy
 import functools
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -428,10 +428,11 @@ def load(name: str, split: str = "train") -> Any:
     return _COPY[info.kind](data)
 
 
-def list_datasets(count: bool = False) -> list[dict[str, Any]]:
+def list_datasets(count: bool = False, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """Describe every registered dataset and where its files are.
 
     Args:
+        names: only these datasets (default: all); unknown names raise ``ValueError``.
         count: parse every available split to count its examples (slow the first time,
             then cached); by default counts are the static counts of the shipped copies, and
             ``None`` for splits read from ``$KEXUE_DATA`` or unavailable.
@@ -442,8 +443,12 @@ def list_datasets(count: bool = False) -> list[dict[str, Any]]:
         bytes of the distinct files found, "licence", "location": "shipped" | "KEXUE_DATA" |
         "mixed" | "missing", "root": the directory (or directories) files come from}``.
     """
+    wanted = sorted(DATASETS) if names is None else sorted(set(names))
+    for name in wanted:
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
     out = []
-    for name in sorted(DATASETS):
+    for name in wanted:
         info = DATASETS[name]
         splits: dict[str, int | None] = {}
         files: dict[str, list[str]] = {}

@@ -93,3 +93,99 @@ def test_resume_from_explicit_path_and_checkpoint_contents(tmp_path):
     t2 = _trainer(tmp_path / "e", 8)
     h = t2.fit(resume=root / "step_00000004")
     assert h["steps"] == 8
+
+
+class _Lookahead:
+    """A minimal optimizer wrapper (slow weights every k steps) with its own state."""
+
+    def __init__(self, base: torch.optim.Optimizer, k: int = 3, alpha: float = 0.5) -> None:
+        self.base, self.k, self.alpha, self.counter = base, k, alpha, 0
+        self.param_groups = base.param_groups
+        self.params = [p for g in base.param_groups for p in g["params"]]
+        self.slow = [p.detach().clone() for p in self.params]
+
+    def zero_grad(self) -> None:
+        self.base.zero_grad()
+
+    def step(self) -> None:
+        self.base.step()
+        self.counter += 1
+        if self.counter % self.k == 0:
+            with torch.no_grad():
+                for s, p in zip(self.slow, self.params):
+                    s.add_(p - s, alpha=self.alpha)
+                    p.copy_(s)
+
+    def state_dict(self) -> dict:
+        return {
+            "base": self.base.state_dict(),
+            "slow": dict(enumerate(self.slow)),
+            "counter": self.counter,
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.base.load_state_dict(sd["base"])
+        for i, s in sd["slow"].items():
+            self.slow[i].copy_(s)
+        self.counter = sd["counter"]
+
+
+def _wrapped_trainer(out, max_steps, model_seed=0, num_workers=0):
+    model = make_model(seed=model_seed)
+    base, sched = make_opt_sched(model)
+    cfg = TrainConfig(max_steps=max_steps, batch_size=8, seed=11, num_workers=num_workers)
+    return Trainer(
+        model,
+        _Lookahead(base),
+        train_data=make_data(),
+        loss_fn=loss_fn,
+        scheduler=sched,
+        config=cfg,
+        out_dir=out,
+        progress=False,
+    )
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_resume_bit_exact_with_optimizer_wrapper_and_workers(tmp_path, num_workers):
+    a = _wrapped_trainer(tmp_path / "a", 2 * N, num_workers=num_workers)
+    a.fit()
+    _wrapped_trainer(tmp_path / "b", N, num_workers=num_workers).fit()
+    b = _wrapped_trainer(tmp_path / "b", 2 * N, model_seed=5, num_workers=num_workers)
+    b.fit(resume=True)
+    assert b.optimizer.counter == 2 * N
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    for s, t in zip(a.optimizer.slow, b.optimizer.slow):
+        assert torch.equal(s, t)
+
+
+def test_resume_truncates_metrics_written_after_the_checkpoint(tmp_path):
+    _trainer(tmp_path, 8, ckpt_every=4, keep_last=None).fit()
+    # pretend the run died after step 8's records but before its checkpoint, mid-line
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoints" / "step_00000008")
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"event": "train", "st')
+    t = _trainer(tmp_path, 8, ckpt_every=4, keep_last=None)
+    t.fit(resume=True)
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in recs]
+    assert steps == sorted(steps)  # nothing after step 4 survived from the first run
+    assert [(r["event"], r["step"]) for r in recs] == [
+        ("train", 3),
+        ("eval", 4),
+        ("train", 6),
+        ("eval", 8),
+        ("train", 8),
+    ]
+
+
+def test_fresh_start_in_used_dir_drops_old_checkpoints(tmp_path):
+    _trainer(tmp_path, 12, ckpt_every=4).fit()
+    with pytest.warns(UserWarning, match="deleting"):
+        _trainer(tmp_path, 3).fit()  # fresh, shorter run in the same out_dir
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step_00000003"
+    t = _trainer(tmp_path, 5)
+    assert t.fit(resume=True)["steps"] == 5

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,7 +42,13 @@ from tqdm.auto import tqdm
 from kexue.core.io import atomic_write_json, atomic_write_text
 from kexue.core.seed import seed_everything
 from kexue.train import distributed as dist
-from kexue.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
+from kexue.train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+)
 from kexue.train.config import TrainConfig
 
 LossOutput = torch.Tensor | tuple[torch.Tensor, Mapping[str, Any]]
@@ -54,7 +61,11 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
-        return type(batch)({k: move_to_device(v, device) for k, v in batch.items()})  # type: ignore[call-arg]
+        moved = {k: move_to_device(v, device) for k, v in batch.items()}
+        try:
+            return type(batch)(moved)  # type: ignore[call-arg]
+        except TypeError:  # mappings without a dict constructor (e.g. defaultdict)
+            return moved
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
         return type(batch)(*(move_to_device(v, device) for v in batch))
     if isinstance(batch, list | tuple):
@@ -114,11 +125,15 @@ class Trainer:
         loss_fn: ``loss_fn(model, batch) -> loss`` or ``-> (loss, metrics)``: a scalar loss to
             minimise and a dict of floats (averaged between log events; a ``"tokens"`` entry is
             summed and reported as ``tokens_per_s``). Under DDP ``model`` is the DDP wrapper: call
-            ``model(...)`` so gradients are synchronised (use :func:`unwrap` only for attributes).
+            ``model(...)`` so gradients are synchronised (use :func:`unwrap` only for attributes;
+            a run whose replicas diverge raises ``RuntimeError`` at the end of ``fit``). Every rank
+            must report the same metric keys (they are all-reduced at log events).
         collate_fn: DataLoader ``collate_fn`` (default: PyTorch's default collation).
         eval_fn: ``eval_fn(model) -> dict of floats``, called with the bare model in ``eval()``
             mode under ``torch.no_grad()`` every ``eval_every`` steps and at the end, on rank 0
-            only (other ranks wait; the metrics are broadcast). RNG states are restored after it.
+            only (other ranks wait; the metrics are broadcast, so ``eval_fn`` must not itself
+            call collectives). RNG states are restored after it, so evaluation never changes
+            the training trajectory.
         scheduler: an LR scheduler stepped after every optimizer step, or a callable
             ``optimizer -> scheduler``.
         config: the :class:`TrainConfig`.
@@ -274,6 +289,25 @@ class Trainer:
             except ValueError:
                 continue  # a torn last line from a crash
         atomic_write_text(self.metrics_path, "".join(k + "\n" for k in kept))
+
+    def _clear_stale_run(self) -> None:
+        """A fresh start in a used ``out_dir``: drop the old log and checkpoints.
+
+        Otherwise a later ``resume=True`` could pick up the previous run's (later) checkpoint.
+        """
+        if not self._writes():
+            return
+        assert self.metrics_path is not None and self.ckpt_root is not None
+        stale = list_checkpoints(self.ckpt_root)
+        if stale:
+            warnings.warn(
+                f"fresh start (resume=False) in {self.out_dir}: deleting {len(stale)} old checkpoint(s)",
+                stacklevel=4,
+            )
+            for path in stale:
+                shutil.rmtree(path, ignore_errors=True)
+        if self.metrics_path.exists():
+            self.metrics_path.unlink()
 
     def _now(self) -> float:
         return self._wall_offset + time.perf_counter() - self._t0
@@ -435,8 +469,7 @@ class Trainer:
             seed_everything(cfg.seed + self.rank)
             self.step = self.epoch = self.batch_in_epoch = 0
             self.tokens_total, self.evals, self._wall_offset = 0.0, [], 0.0
-            if self._writes() and self.metrics_path is not None and self.metrics_path.exists():
-                self.metrics_path.unlink()
+            self._clear_stale_run()
         if self._writes():
             assert self.out_dir is not None
             atomic_write_json(

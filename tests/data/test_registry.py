@@ -312,3 +312,50 @@ def test_data_path() -> None:
     assert p.name == "pku_training_words.utf8.xz"
     with pytest.raises(FileNotFoundError):
         data.data_path("nope/nothing.txt")
+
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "msra_ner" / "dh_msra.zip").is_file(), reason="no shared/data")
+@pytest.mark.parametrize(
+    "name, split",
+    [("msra-ner", "test"), ("ud-gsd-cws", "dev"), ("cmrc2018", "trial"), ("mnist", "test")],
+)
+def test_shared_copy_via_kexue_data_equals_shipped(
+    name: str, split: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The original files (zip, plain text, gzip) read through KEXUE_DATA give the same data."""
+    shipped = load(name, split)
+    monkeypatch.setenv("KEXUE_DATA", str(SHARED))
+    (row,) = list_datasets(names=[name])
+    assert row["location"] == "KEXUE_DATA"
+    user = load(name, split)
+    if name == "mnist":
+        assert all(torch.equal(a, b) for a, b in zip(shipped, user, strict=True))
+    else:
+        assert user == shipped
+
+
+def test_every_shipped_file_is_tracked_by_git() -> None:
+    """A fresh clone must have every file the registry reads (catches a forgotten git add)."""
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(
+        ["git", "ls-files", "src/kexue/data/shipped"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    needed = {
+        str(Path(f).resolve().relative_to(repo))
+        for row in list_datasets()
+        for files in row["files"].values()
+        for f in files
+    }
+    assert needed and needed <= set(tracked), sorted(needed - set(tracked))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kexue.tagging import CRF, allowed_transitions, tag_set
 from kexue.tagging._chain import LogPartition
+from kexue.tagging.viterbi import viterbi_decode, viterbi_nbest
 
 from . import oracles
 
@@ -170,3 +172,155 @@ def _loss_with(crf, tr, s, e, em, tags, lengths):
     finally:
         del crf.transitions, crf.start, crf.end
         crf.transitions, crf.start, crf.end = old
+
+
+def test_equals_pytorch_crf_with_zero_start_end():
+    torchcrf = pytest.importorskip("torchcrf")
+    em, tags, lengths = make(6, 7, 5, seed=4)
+    mask = torch.arange(7)[None] < lengths[:, None]
+    ours = crf_with(5, 4)
+    peer = torchcrf.CRF(5, batch_first=True).double()
+    with torch.no_grad():
+        peer.transitions.copy_(ours.transitions)
+        peer.start_transitions.zero_()
+        peer.end_transitions.zero_()
+    llh = peer(em, tags, mask.to(torch.uint8), reduction="none")
+    torch.testing.assert_close(-ours.loss(em, tags, mask, reduction="none"), llh)
+    assert [p[: int(n)] for p, n in zip(ours.decode(em, mask)[0].tolist(), lengths)] == peer.decode(
+        em, mask.to(torch.uint8)
+    )
+    # with start/end vectors the two models are the same model
+    se = CRF(5, start_end=True).double()
+    with torch.no_grad():
+        peer.start_transitions.normal_()
+        peer.end_transitions.normal_()
+        se.transitions.copy_(peer.transitions)
+        se.start.copy_(peer.start_transitions)
+        se.end.copy_(peer.end_transitions)
+    llh = peer(em, tags, mask.to(torch.uint8), reduction="none")
+    torch.testing.assert_close(-se.loss(em, tags, mask, reduction="none"), llh)
+
+
+@given(st.integers(0, 2**16), st.sampled_from(["BIO", "BIOES", "BMES"]))
+def test_constraints_never_produce_forbidden_transitions(seed, scheme):
+    tags_str = tag_set(scheme, ["PER", "LOC"])
+    cons = allowed_transitions(scheme, tags_str)
+    k = len(tags_str)
+    crf = CRF(k, constraints=cons).double()
+    g = torch.Generator().manual_seed(seed)
+    em = torch.randn(4, 6, k, generator=g, dtype=D) * 5
+    with torch.no_grad():
+        crf.transitions.copy_(torch.randn(k, k, generator=g, dtype=D) * 5)
+    lengths = torch.tensor([6, 1, 3, 5])
+    path, _ = crf.decode(em, lengths=lengths)
+    top, _ = crf.decode(em, lengths=lengths, nbest=3)
+    for seqs in (path.unsqueeze(1), top):
+        for i in range(4):
+            for p in seqs[i].tolist():
+                p = [x for x in p if x >= 0]
+                if not p:
+                    continue
+                assert oracles.allowed_path(p, cons.transitions, cons.start, cons.end), (scheme, p)
+    # and the best path is the best *legal* path
+    n = 3
+    legal = lambda p: oracles.allowed_path(p, cons.transitions, cons.start, cons.end)  # noqa: E731
+    table = oracles.crf_table(em[2, :n], crf.transitions.detach(), legal=legal)
+    assert tuple(path[2, :n].tolist()) == oracles.best(table)[0][0]
+
+
+def test_batched_equals_one_at_a_time_and_padding_is_ignored():
+    k = 5
+    cons = allowed_transitions("BIO", tag_set("BIO", ["A", "B"]))
+    crf = crf_with(k, 7, start_end=True, constraints=cons)
+    em, tags, lengths = make(5, 9, k, seed=7, lengths=[9, 1, 4, 9, 2])
+    loss = crf.loss(em, tags, lengths=lengths, reduction="none")
+    path, score = crf.decode(em, lengths=lengths)
+    marg = crf.marginals(em, lengths=lengths)
+    for i in range(5):
+        n = int(lengths[i])
+        one = crf.loss(em[i : i + 1, :n], tags[i : i + 1, :n], reduction="none")
+        torch.testing.assert_close(loss[i : i + 1], one)
+        p1, s1 = crf.decode(em[i : i + 1, :n])
+        assert torch.equal(path[i, :n], p1[0]) and math.isclose(float(score[i]), float(s1[0]))
+        torch.testing.assert_close(marg[i, :n], crf.marginals(em[i : i + 1, :n])[0])
+    # garbage in padded positions changes nothing
+    em2, tags2 = em.clone(), tags.clone()
+    pad = torch.arange(9)[None] >= lengths[:, None]
+    em2[pad] = 1e3
+    tags2[pad] = 123
+    torch.testing.assert_close(crf.loss(em2, tags2, lengths=lengths, reduction="none"), loss)
+    assert torch.equal(crf.decode(em2, lengths=lengths)[0], path)
+
+
+def test_special_cases_single_tag_and_zero_transitions():
+    em, tags, lengths = make(3, 5, 1, seed=0)
+    assert float(CRF(1).double().loss(em, tags, lengths=lengths, reduction="sum")) == pytest.approx(
+        0.0, abs=1e-12
+    )
+    em, tags, lengths = make(3, 5, 4, seed=0)
+    crf = CRF(4).double()
+    with torch.no_grad():
+        crf.transitions.zero_()
+    mask = torch.arange(5)[None] < lengths[:, None]
+    ce = torch.nn.functional.cross_entropy(em.transpose(1, 2), tags, reduction="none")
+    torch.testing.assert_close(crf.loss(em, tags, mask, reduction="none"), (ce * mask).sum(1))
+
+
+def test_reductions():
+    em, tags, lengths = make(4, 6, 3, seed=1)
+    crf = crf_with(3)
+    none = crf.loss(em, tags, lengths=lengths, reduction="none")
+    torch.testing.assert_close(crf.loss(em, tags, lengths=lengths), none.mean())
+    torch.testing.assert_close(crf.loss(em, tags, lengths=lengths, reduction="sum"), none.sum())
+    torch.testing.assert_close(
+        crf.loss(em, tags, lengths=lengths, reduction="token_mean"), none.sum() / lengths.sum()
+    )
+
+
+def test_boundary_errors():
+    crf = CRF(3)
+    em = torch.randn(2, 4, 3)
+    tags = torch.zeros(2, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="emissions"):
+        crf.loss(torch.randn(2, 4, 5), tags)
+    with pytest.raises(ValueError, match="tags"):
+        crf.loss(em, tags[:, :3])
+    with pytest.raises(ValueError, match="prefix"):
+        crf.loss(em, tags, mask=torch.tensor([[True, False, True, True]] * 2))
+    with pytest.raises(ValueError, match=r"mask\[:, 0\]"):
+        crf.decode(em, lengths=torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="tags must lie"):
+        crf.loss(em, tags + 3)
+    with pytest.raises(ValueError, match="reduction"):
+        crf.loss(em, tags, reduction="avg")
+    with pytest.raises(ValueError, match="nbest"):
+        crf.decode(em, nbest=0)
+    with pytest.raises(ValueError, match="num_tags"):
+        CRF(0)
+
+
+def test_viterbi_scripts_and_decode_exports():
+    em, _, lengths = make(3, 6, 4, seed=9)
+    em = em.float()
+    mask = torch.arange(6)[None] < lengths[:, None]
+    tr = torch.randn(4, 4)
+    scripted = torch.jit.script(viterbi_decode)
+    p1, s1 = scripted(em, tr, mask)
+    p2, s2 = viterbi_decode(em, tr, mask)
+    assert torch.equal(p1, p2) and torch.equal(s1, s2)
+    nb = torch.jit.script(viterbi_nbest)
+    assert torch.equal(nb(em, tr, mask, 3)[0], viterbi_nbest(em, tr, mask, 3)[0])
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.crf = CRF(4)
+
+        def forward(self, emissions, mask):
+            return self.crf.decode(emissions, mask)
+
+    dec = Decoder().eval()
+    exported = torch.export.export(dec, (em, mask), strict=False)
+    out = exported.module()(em, mask)
+    ref = dec(em, mask)
+    assert torch.equal(out[0], ref[0]) and torch.allclose(out[1], ref[1])

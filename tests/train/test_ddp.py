@@ -26,7 +26,7 @@ def _free_port() -> int:
 def test_torchrun_two_processes(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU / gloo path, even on a GPU machine
     cmd = [
         str(torchrun),
         "--nproc_per_node=2",

@@ -57,9 +57,15 @@ def barrier() -> None:
 
 
 def default_device() -> torch.device:
-    """``cuda:LOCAL_RANK`` when CUDA is available, else CPU."""
+    """``cuda:LOCAL_RANK`` when every local process can have its own GPU, else CPU.
+
+    With fewer visible GPUs than ``LOCAL_WORLD_SIZE`` all processes use the CPU (and ``gloo``), so
+    that the backend is the same on every rank.
+    """
     if torch.cuda.is_available():
-        return torch.device("cuda", local_rank() % max(torch.cuda.device_count(), 1))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if launched_distributed() else 1
+        if torch.cuda.device_count() >= local_world:
+            return torch.device("cuda", local_rank())
     return torch.device("cpu")
 
 

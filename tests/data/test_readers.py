@@ -73,6 +73,16 @@ def test_read_segmented_bad_utf8_in_xz_names_line(tmp_path: Path) -> None:
     assert_where(err, p, 2)
 
 
+def test_line_numbers_ignore_unicode_line_separators_and_bom(tmp_path: Path) -> None:
+    # U+2028 / U+0085 / \x1c are line breaks for str.splitlines but not in these files.
+    p = write(tmp_path / "sep_conll.txt", "\ufeff甲\u2028 O\n乙\x85 O\n\x1c B-X\n丙 O O\n")
+    with pytest.raises(ValueError) as err:
+        read_conll(p)
+    assert_where(err, p, 4)
+    q = write(tmp_path / "bom.txt", "\ufeff一 二\n")
+    assert read_segmented(q) == [["一", "二"]]
+
+
 def test_missing_file_and_corrupt_archive(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_segmented(tmp_path / "nope.txt")

@@ -8,9 +8,11 @@ number is recovered from the byte offset, so every malformed-input error names `
 from __future__ import annotations
 
 import gzip
+import io
 import lzma
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 PathLike = str | os.PathLike
@@ -86,17 +88,15 @@ def read_text(path: PathLike) -> str:
     return text.removeprefix("\ufeff")
 
 
-def read_lines(path: PathLike) -> list[str]:
-    """Return the lines of a UTF-8 text file, without ``\\n`` / ``\\r\\n`` endings.
+def iter_lines(path: PathLike) -> Iterator[str]:
+    """Yield the lines of a UTF-8 text file, without ``\\n`` / ``\\r\\n`` endings.
 
     Only ``\\n`` separates lines (unlike ``str.splitlines``, which would also split on U+2028
-    etc. and shift line numbers). A final newline does not create an extra empty line.
-
-    Returns:
-        ``lines`` with ``lines[i]`` = line ``i + 1`` of the file.
+    etc. and shift line numbers); a final newline does not create an extra empty line, so the
+    ``i``-th item (from 1) is line ``i`` of the file. The whole file is decoded first (so a
+    decoding error is raised before the first line), but no list of lines is built.
     """
     text = read_text(path)
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    for line in io.StringIO(text, newline="\n"):
+        line = line[:-1] if line.endswith("\n") else line
+        yield line[:-1] if line.endswith("\r") else line

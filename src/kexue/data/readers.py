@@ -27,11 +27,12 @@ import math
 import re
 import struct
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 
-from kexue.data._io import DataFormatError, PathLike, read_bytes, read_lines, read_text
+from kexue.data._io import DataFormatError, PathLike, iter_lines, read_bytes, read_text
 
 __all__ = [
     "read_cluener",
@@ -66,8 +67,9 @@ def read_segmented(path: PathLike) -> list[list[str]]:
         ValueError: invalid UTF-8 (the message names the file and line).
     """
     out: list[list[str]] = []
-    for lineno, line in enumerate(read_lines(path), start=1):
-        words = line.split()
+    intern = cast(Callable[[str, str], str], {}.setdefault)  # one str object per distinct word
+    for lineno, line in enumerate(iter_lines(path), start=1):
+        words = [intern(w, w) for w in line.split()]
         if not words:
             continue
         if "\x00" in line:
@@ -116,7 +118,9 @@ def read_conll(
     tokens: list[str] = []
     tags: list[str] = []
     ncols: int | None = None
-    for lineno, line in enumerate(read_lines(path), start=1):
+    # one str object per distinct token / tag (2.3 M MSRA characters: ~650 MB -> ~150 MB)
+    intern = cast(Callable[[str, str], str], {}.setdefault)
+    for lineno, line in enumerate(iter_lines(path), start=1):
         if not line.strip():
             if tokens:
                 sentences.append((tokens, tags))
@@ -145,8 +149,8 @@ def read_conll(
                 lineno,
                 f"expected {ncols} columns like the first token line, got {len(parts)}: {line!r}",
             )
-        tokens.append(parts[token_col])
-        tags.append(parts[tag_col])
+        tokens.append(intern(parts[token_col], parts[token_col]))
+        tags.append(intern(parts[tag_col], parts[tag_col]))
     if tokens:
         sentences.append((tokens, tags))
     return sentences
@@ -173,7 +177,7 @@ def read_cluener_spans(path: PathLike) -> list[dict[str, Any]]:
             range or a mention that differs from ``text[start:end + 1]`` (names file and line).
     """
     out: list[dict[str, Any]] = []
-    for lineno, line in enumerate(read_lines(path), start=1):
+    for lineno, line in enumerate(iter_lines(path), start=1):
         if not line.strip():
             continue
         try:
@@ -451,7 +455,7 @@ def read_pairs_tsv(
         raise ValueError("give both source_col and target_col, or neither")
     pairs: list[tuple[str, str]] = []
     ncols: int | None = None
-    for lineno, line in enumerate(read_lines(path), start=1):
+    for lineno, line in enumerate(iter_lines(path), start=1):
         if not line.strip():
             continue
         parts = line.split("\t")

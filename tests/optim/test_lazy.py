@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from kexue.optim import Lazy, Lookahead
-from kexue.optim.rowwise import touched_rows
+from kexue.optim.rowwise import adam_rows_, touched_rows
 
 V, D = 30, 6
 
@@ -285,3 +285,33 @@ def test_validation() -> None:
         Lazy(torch.optim.SGD(emb.parameters(), lr=0.1), params=[emb], fast_path=True)
     with pytest.raises(ValueError, match="fast_path"):
         Lazy(torch.optim.Adam(emb.parameters()), params=[emb], moments="decay", fast_path=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_rowwise_fused_equals_reference(dtype, decoupled) -> None:
+    g = torch.Generator().manual_seed(0)
+    p0 = torch.randn(50, 7, generator=g, dtype=dtype)
+    idx = torch.tensor([0, 4, 9, 31])
+    group = {"lr": 0.01, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.05}
+    group |= {"maximize": False, "decoupled_weight_decay": decoupled}
+    out = []
+    for impl in ("fused", "reference"):
+        p, state = p0.clone(), {}
+        for _ in range(3):
+            adam_rows_(
+                p,
+                idx,
+                torch.randn(4, 7, generator=torch.Generator().manual_seed(1), dtype=dtype),
+                state,
+                group,
+                impl=impl,
+            )
+        out.append((p, state))
+    (p1, s1), (p2, s2) = out
+    tol = {"rtol": 1e-6, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-13, "atol": 1e-15}
+    torch.testing.assert_close(p1, p2, **tol)
+    torch.testing.assert_close(s1["exp_avg_sq"], s2["exp_avg_sq"], **tol)
+    assert float(s1["step"]) == float(s2["step"]) == 3.0
+    rest = [i for i in range(50) if i not in idx.tolist()]
+    assert torch.equal(p1[rest], p0[rest])

@@ -16,8 +16,9 @@ moments. That is the "strict lazy" rule of TF ``LazyAdamOptimizer`` and ``torch.
 bias correction uses the parameter's global step :math:`t`, not a per-row count (FBGEMM's
 per-row counters are a third semantics, not implemented).
 
-The elementwise operations are those of ``torch.optim.Adam``'s single-tensor path applied to
-the gathered rows, and the state layout (``step``, ``exp_avg``, ``exp_avg_sq``) is Adam's, so
+The update runs PyTorch's fused Adam kernel on the gathered rows (one pass; a readable
+reference spelling out ``torch.optim.Adam``'s single-tensor operations is kept and tested
+against it), and the state layout (``step``, ``exp_avg``, ``exp_avg_sq``) is Adam's, so
 this path, the generic :class:`~kexue.optim.Lazy` path and a plain ``Adam`` can take turns on
 the same state. One difference from ``SparseAdam``: it adds :math:`\epsilon` to
 :math:`\sqrt{v}` *before* bias correction, i.e. it is Adam with
@@ -115,6 +116,8 @@ def adam_rows_(
     grad_rows: torch.Tensor,
     state: dict[str, Any],
     group: dict[str, Any],
+    *,
+    impl: str = "fused",
 ) -> None:
     """Apply one Adam/AdamW step to rows ``idx`` of ``p`` (in place), leaving other rows alone.
 
@@ -126,21 +129,59 @@ def adam_rows_(
             by one even if ``r == 0`` (global step, as in ``SparseAdam``).
         group: the parameter group (``lr``, ``betas``, ``eps``, ``weight_decay``,
             ``maximize``, ``decoupled_weight_decay``).
+        impl: ``"fused"`` runs PyTorch's fused Adam kernel on the gathered rows (one pass;
+            falls back to the reference where the kernel is unavailable); ``"reference"`` spells
+            the update out with the single-tensor ``Adam`` operations.
+
+    Raises:
+        ValueError: unknown ``impl``.
     """
+    if impl not in ("fused", "reference"):
+        raise ValueError(f"impl must be 'fused' or 'reference', got {impl!r}")
     init_adam_state(state, p, group)
-    state["step"] += 1
     if idx.numel() == 0:
+        state["step"] += 1
         return
-    lr = _scalar(group["lr"])
-    beta1, beta2 = (_scalar(b) for b in group["betas"])
-    eps, wd = float(group["eps"]), float(group["weight_decay"])
-    grad = grad_rows.to(p.dtype)
-    if group.get("maximize"):
-        grad = -grad
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     w = p.index_select(0, idx)  # (r, *) touched rows
     m = exp_avg.index_select(0, idx)
     v = exp_avg_sq.index_select(0, idx)
+    grad = grad_rows.to(p.dtype).contiguous()
+    if impl == "fused" and _fused_rows(w, grad, m, v, state, group):
+        pass
+    else:
+        state["step"] += 1
+        _reference_rows(w, grad, m, v, _scalar(state["step"]), group)
+    p.index_copy_(0, idx, w)
+    exp_avg.index_copy_(0, idx, m)
+    exp_avg_sq.index_copy_(0, idx, v)
+
+
+def _fused_rows(w, grad, m, v, state: dict[str, Any], group: dict[str, Any]) -> bool:
+    """One fused-kernel pass over the gathered rows; ``False`` (nothing changed) if unsupported."""
+    kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
+    step = state["step"] + 1  # the kernel reads t from a tensor, like Adam(fused=True)
+    try:
+        kernel(
+            [w], [grad], [m], [v], [], [step],
+            amsgrad=False, lr=_scalar(group["lr"]), beta1=_scalar(group["betas"][0]),
+            beta2=_scalar(group["betas"][1]), weight_decay=float(group["weight_decay"]),
+            eps=float(group["eps"]), maximize=bool(group.get("maximize", False)),
+            grad_scale=None, found_inf=None,
+        )  # fmt: skip
+    except (RuntimeError, NotImplementedError):
+        return False
+    state["step"].copy_(step)
+    return True
+
+
+def _reference_rows(w, grad, m, v, step: float, group: dict[str, Any]) -> None:
+    """Adam's single-tensor update spelled out, on gathered rows (in place)."""
+    lr = _scalar(group["lr"])
+    beta1, beta2 = (_scalar(b) for b in group["betas"])
+    eps, wd = float(group["eps"]), float(group["weight_decay"])
+    if group.get("maximize"):
+        grad = -grad
     if wd != 0:
         if group.get("decoupled_weight_decay"):
             w.mul_(1 - lr * wd)  # AdamW: decoupled decay of touched rows only
@@ -148,11 +189,7 @@ def adam_rows_(
             grad = grad.add(w, alpha=wd)  # Adam: L2 term in the gradient
     m.lerp_(grad, 1 - beta1)  # first moment
     v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # second moment
-    step = _scalar(state["step"])
     bias_correction1 = 1 - beta1**step
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
     denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
     w.addcdiv_(m, denom, value=-(lr / bias_correction1))
-    p.index_copy_(0, idx, w)
-    exp_avg.index_copy_(0, idx, m)
-    exp_avg_sq.index_copy_(0, idx, v)

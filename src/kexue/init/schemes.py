@@ -234,7 +234,8 @@ def orthogonal_(
     r"""Fill with a (semi-)orthogonal matrix times ``gain``: $W^\top W=\text{gain}^2 I$ or $WW^\top=\text{gain}^2 I$.
 
     The weight is viewed as a matrix ``[rows, cols] = [shape[0], prod(shape[1:])]``. A Gaussian
-    ``[max, min]`` matrix is QR-factorised **in float32** (so bf16/fp16 weights work), the columns
+    ``[max, min]`` matrix is QR-factorised **in float32** (float64 for float64 weights; so bf16/fp16
+    weights work although ``torch.linalg.qr`` has no half-precision CPU kernel), the columns
     of Q are sign-corrected by ``sign(diag(R))`` (which makes Q Haar-distributed), transposed back
     for wide matrices and cast to the weight's dtype. Tall (rows >= cols): orthonormal columns,
     $W^\top W=I$; wide: orthonormal rows, $WW^\top=I$.
@@ -260,7 +261,8 @@ def orthogonal_(
     rows = weight.shape[0]
     cols = weight.numel() // rows
     big, small = max(rows, cols), min(rows, cols)
-    a = torch.randn(big, small, generator=generator, device=weight.device, dtype=torch.float32)
+    work = torch.float64 if weight.dtype == torch.float64 else torch.float32  # fp32 for bf16/fp16
+    a = torch.randn(big, small, generator=generator, device=weight.device, dtype=work)
     q, r = torch.linalg.qr(a)  # q: (big, small), orthonormal columns
     d = torch.sign(torch.diagonal(r))
     d = torch.where(d == 0, torch.ones_like(d), d)  # sign(0) = 0 would zero a column

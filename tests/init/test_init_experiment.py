@@ -1,0 +1,53 @@
+"""The ``init-geometry`` experiment at its smoke preset returns a schema-valid results dict."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from kexue.experiments import get
+from kexue.report.schema import validate_results
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    module = get("init-geometry").load()
+    out = tmp_path_factory.mktemp("init-geometry")
+    return module, module.run(module.PRESETS["smoke"], out, progress=False), out
+
+
+def test_smoke_results_are_schema_valid(smoke):
+    module, results, out = smoke
+    validate_results(results, out)
+    assert {p["file"] for p in results["plots"]} == {
+        "angles.png",
+        "variance.png",
+        "orthogonality.png",
+        "norms.png",
+    }
+    assert isinstance(results["headline"], str) and results["notes"]
+
+
+def test_smoke_numbers(smoke):
+    _, results, _ = smoke
+    m = results["metrics"]
+    assert m["var_table_all_digits_match"] is True
+    assert m["var_table_max_abs_err_quad"] < 5e-6
+    assert m["laplace_max_rel_err_n_ge_50"] < 0.1
+    assert m["orth_max_fro_err"] < 1e-10  # float64 QR
+    rows = [c for c in results["comparison"] if c["quantity"].startswith("Var(θ), n=")]
+    assert len(rows) == 7 and all(r["article"] == r["ours"] for r in rows)
+    # qualitative: norm-preserving schemes stay within a band, x2 / x0.5 variance drift
+    lin = "norm_ratio/constant/linear/"
+    assert 0.3 < m[lin + "Su 1/fan_out"] < 3 and abs(m[lin + "orthogonal"] - 1) < 1e-3
+    assert m[lin + "Su x2 var"] > 1e5 and m[lin + "Su x0.5 var"] < 1e-5
+    assert 0.05 < m["norm_ratio/constant/relu/He 2/fan_in"] < 3
+
+
+def test_presets_are_frozen_configs():
+    module = get("init-geometry").load()
+    assert set(module.PRESETS) == {"smoke", "quick", "full"}
+    cfg = module.PRESETS["smoke"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.depth = 3

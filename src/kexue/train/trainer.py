@@ -21,25 +21,21 @@ randomness use the global RNGs (seeded with ``seed + rank``), whose states are s
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import random
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from kexue.core.io import atomic_write_json, atomic_write_text
+from kexue.core.io import atomic_write_json
 from kexue.core.seed import seed_everything
 from kexue.train import distributed as dist
 from kexue.train.checkpoint import (
@@ -50,66 +46,15 @@ from kexue.train.checkpoint import (
     save_model,
 )
 from kexue.train.config import TrainConfig
+from kexue.train.data import epoch_batches, make_loader, move_to_device
+from kexue.train.metrics import MetricsLog, RunningMeans, to_float
+from kexue.train.rng import get_rng_state, preserved_rng, set_rng_state
 
 LossOutput = torch.Tensor | tuple[torch.Tensor, Mapping[str, Any]]
 LossFn = Callable[[nn.Module, Any], LossOutput]
 EvalFn = Callable[[nn.Module], Mapping[str, Any]]
 
-
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Move every tensor inside nested dicts/lists/tuples to ``device`` (other leaves untouched)."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        moved = {k: move_to_device(v, device) for k, v in batch.items()}
-        try:
-            return type(batch)(moved)  # type: ignore[call-arg]
-        except TypeError:  # mappings without a dict constructor (e.g. defaultdict)
-            return moved
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(move_to_device(v, device) for v in batch))
-    if isinstance(batch, list | tuple):
-        return type(batch)(move_to_device(v, device) for v in batch)
-    return batch
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),  # noqa: NPY002 - the global state seed_everything seeds
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
-
-
-@contextmanager
-def _preserved_rng() -> Iterator[None]:
-    saved = _rng_state()
-    try:
-        yield
-    finally:
-        _set_rng_state(saved)
-
-
-def _to_float(value: Any, name: str) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"metric {name!r} must be a scalar, got shape {tuple(value.shape)}")
-        return float(value.detach().item())
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"metric {name!r} must be a number, got {type(value).__name__}") from None
+__all__ = ["Trainer", "move_to_device"]
 
 
 class Trainer:
@@ -180,6 +125,7 @@ class Trainer:
         self.device = torch.device(config.device) if config.device else dist.default_device()
         self.distributed = dist.setup(self.device)
         self.rank, self.world_size = dist.rank(), dist.world_size()
+        self.log = MetricsLog(self.metrics_path if self._writes() else None)
         model.to(self.device)
         if not hasattr(optimizer, "step") and callable(optimizer):
             optimizer = optimizer(model.parameters())
@@ -221,39 +167,20 @@ class Trainer:
         self._wall_offset = 0.0
         self._t0 = time.perf_counter()
 
-    # ------------------------------------------------------------------ data order
+    # ------------------------------------------------------------------ helpers
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        """Index batches of ``epoch`` for this rank: a seeded permutation, split, chunked."""
-        sampler = DistributedSampler(
+        cfg = self.config
+        return epoch_batches(
             self.train_data,
-            num_replicas=self.world_size,
+            epoch=epoch,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            shuffle=cfg.shuffle,
+            drop_last=cfg.drop_last,
             rank=self.rank,
-            shuffle=self.config.shuffle,
-            seed=self.config.seed,
-        )
-        sampler.set_epoch(epoch)
-        idx = list(sampler)
-        bs = self.config.batch_size
-        batches = [idx[i : i + bs] for i in range(0, len(idx), bs)]
-        if self.config.drop_last and batches and len(batches[-1]) < bs:
-            batches.pop()
-        return batches
-
-    def _loader(self, batches: Sequence[list[int]], epoch: int) -> DataLoader:
-        # A private generator: creating the iterator must not consume the global torch RNG
-        # (that would make a resumed run's dropout masks differ from a straight run's).
-        g = torch.Generator()
-        g.manual_seed(self.config.seed * 1_000_003 + epoch)
-        return DataLoader(
-            self.train_data,
-            batch_sampler=list(batches),
-            collate_fn=self.collate_fn,
-            num_workers=self.config.num_workers,
-            generator=g,
-            pin_memory=self.device.type == "cuda",
+            world_size=self.world_size,
         )
 
-    # ------------------------------------------------------------------ files
     @property
     def ckpt_root(self) -> Path | None:
         """``out_dir/checkpoints`` (None without ``out_dir``)."""
@@ -267,47 +194,10 @@ class Trainer:
     def _writes(self) -> bool:
         return self.out_dir is not None and dist.is_main_process()
 
-    def _record(self, record: dict[str, Any]) -> None:
-        if not self._writes():
-            return
-        assert self.metrics_path is not None
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record, allow_nan=True)
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-
-    def _truncate_metrics(self, step: int) -> None:
-        """On resume, drop records the crashed run wrote after the checkpoint it resumes from."""
-        if not self._writes() or self.metrics_path is None or not self.metrics_path.exists():
-            return
-        kept = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except ValueError:
-                continue  # a torn last line from a crash
-        atomic_write_text(self.metrics_path, "".join(k + "\n" for k in kept))
-
-    def _clear_stale_run(self) -> None:
-        """A fresh start in a used ``out_dir``: drop the old log and checkpoints.
-
-        Otherwise a later ``resume=True`` could pick up the previous run's (later) checkpoint.
-        """
-        if not self._writes():
-            return
-        assert self.metrics_path is not None and self.ckpt_root is not None
-        stale = list_checkpoints(self.ckpt_root)
-        if stale:
-            warnings.warn(
-                f"fresh start (resume=False) in {self.out_dir}: deleting {len(stale)} old checkpoint(s)",
-                stacklevel=4,
-            )
-            for path in stale:
-                shutil.rmtree(path, ignore_errors=True)
-        if self.metrics_path.exists():
-            self.metrics_path.unlink()
+    def _autocast(self) -> AbstractContextManager:
+        if self.config.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
 
     def _now(self) -> float:
         return self._wall_offset + time.perf_counter() - self._t0
@@ -315,10 +205,26 @@ class Trainer:
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def _epoch_float(self) -> float:
+        return self.epoch + self.batch_in_epoch / self.steps_per_epoch
+
+    def _stamp(self, event: str) -> dict[str, Any]:
+        return {
+            "event": event,
+            "step": self.step,
+            "epoch": self._epoch_float(),
+            "time": self._now(),
+            "lr": self._lr(),
+        }
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint of the current step (rank 0 writes; all ranks must call)."""
-        rngs = dist.all_gather_object(_rng_state())
+        """Write a checkpoint of the current step (rank 0 writes; every rank must call).
+
+        Returns:
+            The checkpoint directory on rank 0, None elsewhere or without ``out_dir``.
+        """
+        rngs = dist.all_gather_object(get_rng_state())  # every rank's streams, for exact resume
         path = None
         if self._writes():
             assert self.ckpt_root is not None
@@ -357,11 +263,12 @@ class Trainer:
         state = load_checkpoint(path, model=dist.unwrap(self.model))
         if (
             state["config"].get("batch_size") != self.config.batch_size
+            or state["config"].get("seed") != self.config.seed
             or state["world_size"] != self.world_size
         ):
             warnings.warn(
-                "resuming with a different batch_size or world size: the data order will not "
-                "match an uninterrupted run",
+                "resuming with a different batch_size, seed or world size: the data order will "
+                "not match an uninterrupted run",
                 stacklevel=3,
             )
         self.optimizer.load_state_dict(state["optimizer"])
@@ -379,29 +286,46 @@ class Trainer:
         self._wall_offset = float(state["wall_time"])
         rngs = state["rng"]
         if len(rngs) == self.world_size:
-            _set_rng_state(rngs[self.rank])
+            set_rng_state(rngs[self.rank])
         else:  # a different world size: fresh but reproducible per-rank streams
             seed_everything(self.config.seed + self.rank + 7919 * self.step)
-        self._truncate_metrics(self.step)
+        self.log.truncate_after(self.step)  # drop what a crashed run logged after this point
         return True
 
-    # ------------------------------------------------------------------ steps
-    def _train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+    def _start_fresh(self) -> None:
+        """Seed, zero the counters; in a used ``out_dir`` drop the old log and checkpoints.
+
+        Otherwise a later ``resume=True`` could pick up the previous run's (later) checkpoint.
+        """
+        seed_everything(self.config.seed + self.rank)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.tokens_total, self.evals, self._wall_offset = 0.0, [], 0.0
+        if not self._writes():
+            return
+        assert self.ckpt_root is not None
+        stale = list_checkpoints(self.ckpt_root)
+        if stale:
+            warnings.warn(
+                f"fresh start (resume=False) in {self.out_dir}: deleting {len(stale)} old checkpoint(s)",
+                stacklevel=3,
+            )
+            for path in stale:
+                shutil.rmtree(path, ignore_errors=True)
+        self.log.clear()
+
+    # ------------------------------------------------------------------ one step, one eval
+    def _train_step(self, batch: Any) -> tuple[torch.Tensor, Mapping[str, Any], torch.Tensor]:
         batch = move_to_device(batch, self.device)
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if self.config.bf16
-            else nullcontext()
-        )
         self.optimizer.zero_grad()
-        with autocast:
+        with self._autocast():
             out = self.loss_fn(self.model, batch)
-        loss, metrics = out if isinstance(out, tuple) else (out, {})
+        loss, metrics = out if isinstance(out, tuple) else (out, None)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError("loss_fn must return a scalar tensor loss (or (loss, metrics))")
         if not torch.isfinite(loss.detach()).item():
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step + 1}")
         loss.backward()
+        # g <- g * min(1, c / ||g||); the pre-clip norm ||g|| is logged as grad_norm
         params = [p for p in dist.unwrap(self.model).parameters() if p.grad is not None]
         if self.config.grad_clip:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
@@ -410,66 +334,50 @@ class Trainer:
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        return loss.detach().float(), dict(metrics), grad_norm.detach()
+        return loss.detach(), metrics or {}, grad_norm.detach()
 
-    def _evaluate(self) -> dict[str, Any]:
+    def evaluate(self) -> dict[str, Any]:
+        """Call ``eval_fn`` now (rank 0), log an ``eval`` record and return it (every rank)."""
         metrics: dict[str, float] | None = None
         if dist.is_main_process():
             bare = dist.unwrap(self.model)
             was_training = bare.training
             bare.eval()
-            autocast = (
-                torch.autocast(self.device.type, dtype=torch.bfloat16)
-                if self.config.bf16
-                else nullcontext()
-            )
             try:
-                with _preserved_rng(), torch.no_grad(), autocast:
+                with preserved_rng(), torch.no_grad(), self._autocast():
                     raw = self.eval_fn(bare) if self.eval_fn is not None else {}
             finally:
                 bare.train(was_training)
             if not isinstance(raw, Mapping):
                 raise ValueError(f"eval_fn must return a dict of floats, got {type(raw).__name__}")
-            metrics = {k: _to_float(v, k) for k, v in raw.items()}
+            metrics = {k: to_float(v, k) for k, v in raw.items()}
         metrics = dist.broadcast_object(metrics)
-        record = {
-            "event": "eval",
-            "step": self.step,
-            "epoch": self._epoch_float(),
-            "time": self._now(),
-            "lr": self._lr(),
-            **metrics,
-        }
+        record = {**self._stamp("eval"), **metrics}
         self.evals.append(record)
-        self._record(record)
+        self.log.append(record)
         return record
-
-    def _epoch_float(self) -> float:
-        return self.epoch + self.batch_in_epoch / self.steps_per_epoch
 
     # ------------------------------------------------------------------ main loop
     def fit(self, resume: bool | str | os.PathLike = False) -> dict[str, Any]:
         """Train until ``max_steps``/``epochs``; checkpoint, log and evaluate along the way.
 
         Args:
-            resume: False: start fresh (seeding with ``config.seed``). True: continue from the
-                newest valid checkpoint in ``out_dir/checkpoints`` (fresh start, with a warning,
-                if there is none). A path: continue from that checkpoint directory.
+            resume: False: start fresh (seeding with ``config.seed``; old checkpoints in
+                ``out_dir`` are deleted). True: continue from the newest valid checkpoint in
+                ``out_dir/checkpoints`` (fresh start, with a warning, if there is none). A path:
+                continue from that checkpoint directory.
 
         Returns:
-            ``{"steps", "epochs", "wall_time", "train": last train record's metrics (loss, lr,
-            grad_norm, loss_fn metrics), "eval": last eval metrics (or {}), "evals": all eval
-            records, "tokens_per_s": float or None, "checkpoint": last checkpoint path or None,
-            "out_dir"}``. Identical on every rank.
+            ``{"steps", "epochs", "wall_time", "train": last train record's values (loss, lr,
+            grad_norm, loss_fn metrics, steps_per_s, tokens_per_s), "eval": last eval metrics
+            (or {}), "evals": all eval records, "tokens_per_s": float or None, "checkpoint":
+            last checkpoint path or None, "out_dir"}``. Identical on every rank.
         """
         cfg = self.config
         self._t0 = time.perf_counter()
         resumed = bool(resume) and self._resume(resume)
         if not resumed:
-            seed_everything(cfg.seed + self.rank)
-            self.step = self.epoch = self.batch_in_epoch = 0
-            self.tokens_total, self.evals, self._wall_offset = 0.0, [], 0.0
-            self._clear_stale_run()
+            self._start_fresh()
         if self._writes():
             assert self.out_dir is not None
             atomic_write_json(
@@ -489,101 +397,85 @@ class Trainer:
             dynamic_ncols=True,
             desc=self.out_dir.name if self.out_dir is not None else "train",
         )
-        sums: dict[str, Any] = {}
-        count = 0
-        window_tokens = 0.0
-        t_window = time.perf_counter()
+        window, window_tokens, t_window = RunningMeans(), 0.0, time.perf_counter()
         last_train: dict[str, Any] = {}
         last_eval_step = self.evals[-1]["step"] if self.evals else -1
         last_ckpt_step = self.step if resumed else -1
         ckpt_path: Path | None = None
 
-        def flush() -> None:
-            nonlocal sums, count, window_tokens, t_window, last_train
-            if count == 0:
+        def flush() -> None:  # one "train" record: means over the window, all-reduced
+            nonlocal window_tokens, t_window, last_train
+            if window.count == 0:
                 return
-            means = {
-                k: (float(v) if not isinstance(v, torch.Tensor) else v.item()) / count
-                for k, v in sums.items()
-            }
-            means = dist.all_reduce_mean(means, self.device)
+            means = dist.all_reduce_mean(window.means(), self.device)
             tokens = dist.all_reduce_sum(window_tokens, self.device)
             elapsed = max(time.perf_counter() - t_window, 1e-12)
-            record = {
-                "event": "train",
-                "step": self.step,
-                "epoch": self._epoch_float(),
-                "time": self._now(),
-                "lr": self._lr(),
-                **means,
-                "steps_per_s": count / elapsed,
-            }
-            if "tokens" in sums:
+            record = {**self._stamp("train"), **means, "steps_per_s": window.count / elapsed}
+            if "tokens" in means:
                 record["tokens_per_s"] = tokens / elapsed
-            self._record(record)
+            self.log.append(record)
             bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{record['lr']:.3g}", refresh=False)
             last_train = record
-            sums, count, window_tokens, t_window = {}, 0, 0.0, time.perf_counter()
+            window.reset()
+            window_tokens, t_window = 0.0, time.perf_counter()
 
         try:
             while self.step < self.max_steps:
                 batches = self._epoch_batches(self.epoch)
-                for batch in self._loader(batches[self.batch_in_epoch :], self.epoch):
+                loader = make_loader(
+                    self.train_data,
+                    batches[self.batch_in_epoch :],
+                    seed=cfg.seed * 1_000_003 + self.epoch,
+                    collate_fn=self.collate_fn,
+                    num_workers=cfg.num_workers,
+                    pin_memory=self.device.type == "cuda",
+                )
+                for batch in loader:
                     loss, metrics, grad_norm = self._train_step(batch)
                     self.step += 1
                     self.batch_in_epoch += 1
                     if self.batch_in_epoch >= len(batches):
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    # running sums for the next train record
-                    sums["loss"] = sums.get("loss", 0.0) + loss
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
-                    for k, v in metrics.items():
-                        val = _to_float(v, k)
-                        if k == "tokens":
-                            window_tokens += val
-                            self.tokens_total += val
-                        sums[k] = sums.get(k, 0.0) + val
-                    count += 1
+                    window.add({"loss": loss, "grad_norm": grad_norm, **metrics})
+                    if "tokens" in metrics:
+                        n_tok = to_float(metrics["tokens"], "tokens")
+                        window_tokens += n_tok
+                        self.tokens_total += n_tok
                     bar.update(1)
                     if self.step % cfg.log_every == 0:
                         flush()
                     if cfg.eval_every and self.step % cfg.eval_every == 0:
-                        self._evaluate()
+                        self.evaluate()
                         last_eval_step = self.step
-                    if (
-                        cfg.ckpt_every
-                        and self.step % cfg.ckpt_every == 0
-                        and self.out_dir is not None
-                    ):
+                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.out_dir:
                         ckpt_path = self.save_checkpoint()
                         last_ckpt_step = self.step
                     if self.step >= self.max_steps:
                         break
             flush()
             if last_eval_step != self.step:
-                self._evaluate()
+                self.evaluate()
             if self.out_dir is not None and last_ckpt_step != self.step:
                 ckpt_path = self.save_checkpoint()
         finally:
             bar.close()
         if self.distributed:
             self._check_replicas_in_sync()
-        train_time = self._now()
+        wall = self._now()
         total_tokens = dist.all_reduce_sum(self.tokens_total, self.device)
+        skip = ("event", "step", "epoch", "time")
         history = {
             "steps": self.step,
             "epochs": self._epoch_float(),
-            "wall_time": train_time,
-            "train": {
-                k: v for k, v in last_train.items() if k not in ("event", "step", "epoch", "time")
-            },
+            "wall_time": wall,
+            "train": {k: v for k, v in last_train.items() if k not in skip},
             "eval": {
                 k: v
                 for k, v in (self.evals[-1] if self.evals else {}).items()
-                if k not in ("event", "step", "epoch", "time", "lr")
+                if k not in (*skip, "lr")
             },
             "evals": list(self.evals),
-            "tokens_per_s": total_tokens / train_time if self.tokens_total else None,
+            "tokens_per_s": total_tokens / wall if self.tokens_total else None,
             "checkpoint": None if ckpt_path is None else str(ckpt_path),
             "out_dir": None if self.out_dir is None else str(self.out_dir),
         }
@@ -602,7 +494,7 @@ class Trainer:
                 for p in dist.unwrap(self.model).parameters()
             )
         prints = dist.all_gather_object(fp)
-        if any(x != prints[0] and not (math.isnan(x) and math.isnan(prints[0])) for x in prints):
+        if any(x != prints[0] and not (x != x and prints[0] != prints[0]) for x in prints):
             raise RuntimeError(
                 f"DDP replicas diverged (parameter fingerprints {prints}); loss_fn must call "
                 "model(...) on the DDP-wrapped model so gradients are synchronised"

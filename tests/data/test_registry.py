@@ -286,7 +286,7 @@ def test_list_datasets_fields() -> None:
     }  # fmt: skip
     for r in rows:
         assert set(r) == {
-            "name", "task", "returns", "splits", "files", "size_bytes", "licence", "location",
+            "name", "task", "notes", "returns", "splits", "files", "size_bytes", "licence", "location",
             "root",
         }  # fmt: skip
         assert r["location"] == "shipped" and r["root"] == [str(shipped_root())]

@@ -1,8 +1,9 @@
 """Byte-level file access shared by the readers: transparent decompression and error messages.
 
 A path may name a plain file or a ``.gz`` / ``.xz`` / ``.zip`` compressed one (a zip must hold
-exactly one file member unless ``member=`` names one). Text is decoded as UTF-8 in one go (fast); on a decoding error the line
-number is recovered from the byte offset, so every malformed-input error names ``file:line``.
+exactly one file member unless ``member=`` names one). Text is decoded as UTF-8 in one go
+(fast); on a decoding error the line number is recovered from the byte offset, so every
+malformed-input error names the file and the line: ``"<path>, line <n>: <what is wrong>"``.
 """
 
 from __future__ import annotations

@@ -91,8 +91,8 @@ def read_conll(
     """Read a column file (one token per line, blank line between sentences).
 
     A line is split on TAB if it contains one (``"<char>\\t<tag>"``, so a space character can be a
-    token), otherwise on runs of ASCII spaces (so U+3000 can be a token). Every token line of the file must have the same number of
-    columns. ``-DOCSTART-`` lines (CoNLL-2003) are skipped.
+    token), otherwise on runs of ASCII spaces (so U+3000 can be a token). Every token line of
+    the file must have the same number of columns. ``-DOCSTART-`` lines (CoNLL-2003) are skipped.
 
     Args:
         path: plain / compressed UTF-8 file.

@@ -52,6 +52,7 @@ class DatasetInfo:
         licence: licence as stated by the source (see each ``SOURCE.md``).
         kind: parser key (private).
         aliases: extra split names mapped to a real split.
+        notes: provenance and caveats (which files, how the split is made).
     """
 
     name: str
@@ -62,6 +63,7 @@ class DatasetInfo:
     licence: str
     kind: str
     aliases: dict[str, str] = field(default_factory=dict)
+    notes: str = ""
 
 
 def _f(*alternatives: str) -> FileRef:
@@ -93,17 +95,20 @@ DATASETS: dict[str, DatasetInfo] = {
     for d in [
         DatasetInfo(
             "ud-gsd-cws",
-            "Chinese word segmentation (UD Chinese GSD, simplified)",
+            "Chinese word segmentation",
             _CWS,
             {s: (_f(f"ud_chinese_gsd_cws/{s}.txt"),) for s in ("train", "dev", "test")},
             {"train": 3997, "dev": 500, "test": 500},
             "CC BY-SA 4.0",
             "segmented",
+            notes=(
+                "UD Chinese GSD (Wikipedia), simplified script, full-width punctuation "
+                "normalised; complete UD split"
+            ),
         ),
         DatasetInfo(
             "pku-cws",
-            "Chinese word segmentation, SIGHAN 2005 PKU (train = normalised last 10 % "
-            "of the official training set, test = its normalised gold; gold = raw official gold)",
+            "Chinese word segmentation",
             _CWS,
             {
                 "train": (_f("sighan2005_cws/jcyk_normalized/pku_dev.txt"),),
@@ -113,11 +118,15 @@ DATASETS: dict[str, DatasetInfo] = {
             {"train": 1906, "test": 1944, "gold": 1944},
             "research / non-commercial (SIGHAN bakeoff)",
             "segmented",
+            notes=(
+                "SIGHAN 2005 PKU. train = last 10 % of the official training set and test = the "
+                "test gold, both jcyk-normalised (digits -> 0, Latin -> X, long words -> L); gold"
+                " = raw official test gold (not comparable with train)"
+            ),
         ),
         DatasetInfo(
             "msr-cws",
-            "Chinese word segmentation, SIGHAN 2005 MSR (train = normalised last 10 % "
-            "of the official training set, test = its normalised gold; gold = raw official gold)",
+            "Chinese word segmentation",
             _CWS,
             {
                 "train": (_f("sighan2005_cws/jcyk_normalized/msr_dev.txt"),),
@@ -127,42 +136,60 @@ DATASETS: dict[str, DatasetInfo] = {
             {"train": 8693, "test": 3985, "gold": 3985},
             "research / non-commercial (SIGHAN bakeoff)",
             "segmented",
+            notes=(
+                "SIGHAN 2005 MSR. train = last 10 % of the official training set and test = the "
+                "test gold, both jcyk-normalised (digits -> 0, Latin -> X, long words -> L); gold"
+                " = raw official test gold (not comparable with train)"
+            ),
         ),
         DatasetInfo(
             "msra-ner",
-            "Chinese NER PER/LOC/ORG, character BIO (MSRA, zh-NER-TF split)",
+            "Chinese NER, char BIO PER/LOC/ORG",
             _TAG,
             {"train": (_MSRA,), "test": (_MSRA,)},
             {"train": _MSRA_TRAIN, "test": 4631},
             "not stated (research use)",
             "msra",
+            notes=(
+                "MSRA / People's Daily (zh-NER-TF): train = first 50,658 sentences, test = last "
+                "4,631 of dh_msra.txt; no dev split"
+            ),
         ),
         DatasetInfo(
             "people-daily-ner",
-            "Chinese NER PER/LOC/ORG, character BIO (People's Daily; train only with a user copy)",
+            "Chinese NER, char BIO PER/LOC/ORG",
             _TAG,
             {s: (_f(f"people_daily_ner/example.{s}"),) for s in ("train", "dev", "test")},
             {"train": None, "dev": 2318, "test": 4636},
             "not stated (research use)",
             "conll",
+            notes=(
+                "People's Daily (bert4keras corpus); train only with a KEXUE_DATA copy of "
+                "example.train; ~92 % of its sentences occur in msra-ner train"
+            ),
         ),
         DatasetInfo(
             "cluener",
-            "Chinese fine-grained NER, 10 types, character BIO (CLUENER2020)",
+            "Chinese NER, char BIO, 10 types",
             _TAG,
             {s: (_f(f"cluener2020/{s}.json"),) for s in ("train", "dev")},
             {"train": 10748, "dev": 1343},
             "not stated (research use)",
             "cluener",
+            notes=(
+                "CLUENER2020 (THUCNews); dev = the official dev set; overlapping mentions "
+                "resolved longest-first"
+            ),
         ),
         DatasetInfo(
             "conll2000",
-            "English chunking, BIO over 11 phrase types (CoNLL-2000)",
+            "English chunking, BIO",
             _TAG,
             {s: (_f(f"conll2000_chunking/{s}.txt"),) for s in ("train", "test")},
             {"train": 8936, "test": 2012},
             "not stated (WSJ text, research use)",
             "conll",
+            notes="CoNLL-2000 (WSJ); tokens + chunk tags (the POS column is dropped)",
         ),
         DatasetInfo(
             "mnist",
@@ -175,50 +202,63 @@ DATASETS: dict[str, DatasetInfo] = {
             {"train": 60000, "test": 10000},
             "commonly CC BY-SA 3.0 (not stated by source)",
             "mnist",
+            notes="original IDX files (train images rebuilt losslessly, MD5-verified)",
         ),
         DatasetInfo(
             "chinese-text",
-            "raw modern Chinese sentences for character LMs / MLM pre-training "
-            "(MSRA NER text + LCSTS train texts + CSL abstracts + CLUENER train texts, deduplicated;"
-            " split by md5 of the sentence: bucket 0-1 of 100 = test, 2-3 = valid, rest = train)",
+            "raw Chinese text (char LM / MLM)",
             "list[str]",
             {s: _TEXT_SOURCES for s in ("train", "valid", "test")},
             {"train": 75235, "valid": 1585, "test": 1606},
             "mixed; research use (see the four SOURCE.md)",
             "text",
+            notes=(
+                "MSRA NER sentences + LCSTS train texts + CSL abstracts + CLUENER train texts, "
+                "stripped and deduplicated (first occurrence kept, source order); split by md5 of"
+                " the sentence: bucket 0-1 of 100 = test, 2-3 = valid, rest = train; never CMRC "
+                "contexts"
+            ),
         ),
         DatasetInfo(
             "cmrc2018",
-            "Chinese extractive MRC, SQuAD format (train only with a user copy)",
+            "Chinese extractive MRC (SQuAD)",
             "list[dict] (id, title, context, question, answers[{text, answer_start}])",
             {s: (_f(f"cmrc2018/cmrc2018_{s}.json"),) for s in ("train", "dev", "trial")},
             {"train": None, "dev": 3219, "trial": 1002},
             "CC BY-SA 4.0",
             "squad",
+            notes=(
+                "CMRC 2018 dev and trial (train only with a KEXUE_DATA copy); answer offsets re-"
+                "aligned where the file's are -1 or wrong"
+            ),
         ),
         DatasetInfo(
             "webqa-sample",
-            "WebQA format sample, 7 questions (format reference only)",
+            "WebQA format sample, 7 questions",
             "list[dict] (id, question, answer, passages[{passage, answer}])",
             {"sample": (_f("webqa_sample/sample.json"),)},
             {"sample": 7},
             "not stated",
             "webqa",
             aliases={"train": "sample"},
+            notes="format reference only, too small to train on; 'train' is an alias of 'sample'",
         ),
         DatasetInfo(
             "lcsts",
-            "Chinese Weibo news text -> headline (LCSTS PART_II, CLGE split)",
+            "Chinese news text -> headline",
             "list[tuple[str, str]] (source text, target headline)",
             {s: (_f(f"lcsts_clge_subset/{s}.tsv"),) for s in ("train", "val", "test")},
             {"train": 8666, "val": 1000, "test": 1000},
             "not stated (LCSTS: research agreement)",
             "pairs",
+            notes=(
+                "LCSTS PART_II, CLGE split; (source text, target headline); a few train texts "
+                "repeat in val/test"
+            ),
         ),
         DatasetInfo(
             "csl",
-            "paper abstract -> title (CSL; train = clge_val + clge_test + ts_dev, test = "
-            "ts_test, non-standard)",
+            "paper abstract -> title",
             "list[tuple[str, str]] (source abstract, target title)",
             {
                 "ts_dev": (_f("csl_title/csl_ts_dev.tsv"),),
@@ -238,6 +278,10 @@ DATASETS: dict[str, DatasetInfo] = {
             },
             "Apache-2.0 (ydli-ai/CSL); CLGE copy not stated",
             "pairs",
+            notes=(
+                "CSL; train = clge_val + clge_test + ts_dev (3,000), test = ts_test (1,000): non-"
+                "standard, no official train shipped"
+            ),
         ),
     ]
 }
@@ -273,7 +317,7 @@ def _resolve(ref: FileRef) -> tuple[str, Path] | None:
 
 
 def data_path(relpath: str) -> Path:
-    """Resolve a data file by its path relative to a data root, e.g. ``"mnist/t10k-labels-idx1-ubyte"``.
+    """Resolve a data file by its path relative to a data root (``"mnist/t10k-labels-idx1-ubyte"``).
 
     Looks under ``$KEXUE_DATA`` first, then the shipped copy; tries ``relpath``, ``.xz``, ``.gz``.
 
@@ -438,10 +482,12 @@ def list_datasets(count: bool = False, names: Iterable[str] | None = None) -> li
             ``None`` for splits read from ``$KEXUE_DATA`` or unavailable.
 
     Returns:
-        One dict per dataset, sorted by name: ``{"name", "task", "returns", "splits": {split:
-        count or None}, "files": {split: [path, ...]} (missing files omitted), "size_bytes": on-disk
-        bytes of the distinct files found, "licence", "location": "shipped" | "KEXUE_DATA" |
-        "mixed" | "missing", "root": the directory (or directories) files come from}``.
+        One dict per dataset, sorted by name, with keys ``name``, ``task`` (short), ``notes``
+        (provenance, split rule), ``returns`` (what ``load`` gives), ``splits`` (split -> count or
+        ``None``), ``files`` (split -> resolved paths; missing ones omitted), ``size_bytes``
+        (on-disk bytes of the distinct files found), ``licence``, ``location`` (``"shipped"``,
+        ``"KEXUE_DATA"``, ``"mixed"`` or ``"missing"``) and ``root`` (sorted list of the root
+        directories the files come from).
     """
     wanted = sorted(DATASETS) if names is None else sorted(set(names))
     for name in wanted:
@@ -477,6 +523,7 @@ def list_datasets(count: bool = False, names: Iterable[str] | None = None) -> li
             {
                 "name": name,
                 "task": info.task,
+                "notes": info.notes,
                 "returns": info.returns,
                 "splits": splits,
                 "files": files,

@@ -359,3 +359,11 @@ def test_every_shipped_file_is_tracked_by_git() -> None:
         for f in files
     }
     assert needed and needed <= set(tracked), sorted(needed - set(tracked))
+
+
+def test_clear_cache_rereads() -> None:
+    """Last in the file: it empties the shared cache."""
+    a = load("webqa-sample")
+    data.clear_cache()
+    assert data.registry._read_cached.cache_info().currsize == 0
+    assert load("webqa-sample") == a

@@ -25,7 +25,15 @@ from kexue.data.readers import (
     read_webqa,
     spans_to_bio,
 )
-from kexue.data.registry import DATASETS, DatasetInfo, data_path, list_datasets, load, shipped_root
+from kexue.data.registry import (
+    DATASETS,
+    DatasetInfo,
+    clear_cache,
+    data_path,
+    list_datasets,
+    load,
+    shipped_root,
+)
 from kexue.data.vocab import Vocab
 
 __all__ = [
@@ -33,6 +41,7 @@ __all__ = [
     "DataFormatError",
     "DatasetInfo",
     "Vocab",
+    "clear_cache",
     "data_path",
     "list_datasets",
     "load",

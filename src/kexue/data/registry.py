@@ -31,7 +31,15 @@ from typing import Any
 
 from kexue.data import readers
 
-__all__ = ["DATASETS", "DatasetInfo", "data_path", "list_datasets", "load", "shipped_root"]
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "clear_cache",
+    "data_path",
+    "list_datasets",
+    "load",
+    "shipped_root",
+]
 
 ENV_VAR = "KEXUE_DATA"
 _SHIPPED = Path(__file__).resolve().parent / "shipped"
@@ -440,6 +448,11 @@ _COPY: dict[str, Callable[[Any], Any]] = {
     "webqa": copy.deepcopy,
     "mnist": lambda d: (d[0].clone(), d[1].clone()),
 }
+
+
+def clear_cache() -> None:
+    """Drop every parsed split held in memory (the next :func:`load` re-reads the files)."""
+    _read_cached.cache_clear()
 
 
 def load(name: str, split: str = "train") -> Any:

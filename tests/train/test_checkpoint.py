@@ -131,3 +131,12 @@ def test_resave_same_step_replaces_atomically(tmp_path):
     ckpt_mod.save_checkpoint(root, 3, model, {"step": 3, "v": 2})
     assert [p.name for p in root.iterdir()] == ["step_00000003"]
     assert load_checkpoint(root / "step_00000003")["v"] == 2
+
+
+def test_leftovers_of_a_killed_writer_are_cleaned_on_next_save(tmp_path):
+    root = tmp_path / "ck"
+    (root / ".tmp_step_00000005_abc").mkdir(parents=True)
+    (root / ".tmp_step_00000005_abc" / "model.safetensors").write_bytes(b"half")
+    assert latest_checkpoint(root) is None  # a temporary is never a checkpoint
+    ckpt_mod.save_checkpoint(root, 6, make_model(), {"step": 6})
+    assert [p.name for p in root.iterdir()] == ["step_00000006"]

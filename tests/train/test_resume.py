@@ -33,6 +33,14 @@ def _trainer(out, max_steps, model_seed=0, **kw):
 
 @pytest.mark.parametrize("ckpt_every", [None, 4])
 def test_resume_is_bit_exact(tmp_path, ckpt_every):
+    _check_resume(tmp_path, N, ckpt_every)
+
+
+def test_resume_at_an_epoch_boundary_is_bit_exact(tmp_path):
+    _check_resume(tmp_path, 7, None)  # 7 batches per epoch: stop exactly at the end of epoch 0
+
+
+def _check_resume(tmp_path, N, ckpt_every):
     straight = _trainer(tmp_path / "a", 2 * N, ckpt_every=ckpt_every)
     h_straight = straight.fit()
 

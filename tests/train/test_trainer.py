@@ -304,3 +304,43 @@ def test_single_process_helpers_and_model_io(tmp_path):
         assert torch.equal(v, other.state_dict()[k])
     with pytest.raises(FileNotFoundError):
         load_model(other, tmp_path / "missing.safetensors")
+
+
+def test_progress_bar_loss_only_and_bad_metrics(capsys):
+    model = make_model()
+    opt, _ = make_opt_sched(model)
+
+    def plain_loss(m, batch):  # a bare loss (no metrics dict) is accepted
+        return loss_fn(m, batch)[0]
+
+    hist = Trainer(
+        model,
+        opt,
+        train_data=make_data(),
+        loss_fn=plain_loss,
+        config=TrainConfig(max_steps=3, batch_size=8, log_every=1),
+        progress=True,
+    ).fit()
+    assert hist["steps"] == 3 and hist["tokens_per_s"] is None and "acc" not in hist["train"]
+    assert "3/3" in capsys.readouterr().err  # tqdm wrote to stderr
+    bad_eval = Trainer(
+        model,
+        opt,
+        train_data=make_data(),
+        loss_fn=loss_fn,
+        eval_fn=lambda m: {"names": ["a", "b"]},
+        config=TrainConfig(max_steps=1, batch_size=8),
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="names"):
+        bad_eval.fit()
+    bad_loss = Trainer(
+        model,
+        opt,
+        train_data=make_data(),
+        loss_fn=lambda m, b: (m(b[0]), {}),
+        config=TrainConfig(max_steps=1, batch_size=8),
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="scalar"):
+        bad_loss.fit()

@@ -177,6 +177,11 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(root, step)
+    # leftovers of a writer killed mid-save (one writer per root: rank 0 of one run)
+    for junk in root.glob(".tmp_step_*"):
+        shutil.rmtree(junk, ignore_errors=True)
+    for junk in root.glob(".old_step_*"):
+        shutil.rmtree(junk, ignore_errors=True)
     skeleton, tensors = flatten_state(state)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{final.name}_", dir=root))
     try:

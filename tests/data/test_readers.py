@@ -130,6 +130,23 @@ def test_read_conll_malformed_column_count(tmp_path: Path) -> None:
     assert_where(err, p, 4)
 
 
+def test_read_conll_whitespace_lines(tmp_path: Path) -> None:
+    # a TAB-only line is a sentence break, an empty tag is an error
+    p = write(tmp_path / "ws.txt", "中\tB-LOC\n\t\n好\tO\n")
+    assert read_conll(p) == [(["中"], ["B-LOC"]), (["好"], ["O"])]
+    q = write(tmp_path / "empty_tag.txt", "中\tB-LOC\n国\t\n")
+    with pytest.raises(ValueError, match="empty tag") as err:
+        read_conll(q)
+    assert_where(err, q, 2)
+
+
+def test_read_conll_column_out_of_range(tmp_path: Path) -> None:
+    p = write(tmp_path / "two.txt", "a B\n")
+    with pytest.raises(ValueError, match="tag_col=5") as err:
+        read_conll(p, tag_col=5)
+    assert_where(err, p, 1)
+
+
 def test_read_conll_too_few_columns(tmp_path: Path) -> None:
     p = write(tmp_path / "one_col.txt", "a\nb\n")
     with pytest.raises(ValueError) as err:

@@ -310,6 +310,7 @@ def test_list_datasets_names_filter() -> None:
 def test_data_path() -> None:
     p = data.data_path("sighan2005_cws/pku_training_words.utf8")
     assert p.name == "pku_training_words.utf8.xz"
+    assert data.data_path("msra_ner/dh_msra.zip").name == "dh_msra.txt.xz"
     with pytest.raises(FileNotFoundError):
         data.data_path("nope/nothing.txt")
 
@@ -320,7 +321,7 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 @pytest.mark.skipif(not (SHARED / "msra_ner" / "dh_msra.zip").is_file(), reason="no shared/data")
 @pytest.mark.parametrize(
     "name, split",
-    [("msra-ner", "test"), ("ud-gsd-cws", "dev"), ("cmrc2018", "trial"), ("mnist", "test")],
+    [("people-daily-ner", "dev"), ("ud-gsd-cws", "dev"), ("cmrc2018", "trial"), ("mnist", "test")],
 )
 def test_shared_copy_via_kexue_data_equals_shipped(
     name: str, split: str, monkeypatch: pytest.MonkeyPatch
@@ -335,6 +336,14 @@ def test_shared_copy_via_kexue_data_equals_shipped(
         assert all(torch.equal(a, b) for a, b in zip(shipped, user, strict=True))
     else:
         assert user == shipped
+
+
+@pytest.mark.skipif(not (SHARED / "msra_ner" / "dh_msra.zip").is_file(), reason="no shared/data")
+def test_shipped_msra_equals_the_zip_member() -> None:
+    from kexue.data._io import read_bytes
+
+    shipped = read_bytes(shipped_root() / "msra_ner" / "dh_msra.txt.xz")
+    assert read_bytes(SHARED / "msra_ner" / "dh_msra.zip") == shipped
 
 
 def test_every_shipped_file_is_tracked_by_git() -> None:

@@ -327,7 +327,8 @@ def _resolve(ref: FileRef) -> tuple[str, Path] | None:
 def data_path(relpath: str) -> Path:
     """Resolve a data file by its path relative to a data root (``"mnist/t10k-labels-idx1-ubyte"``).
 
-    Looks under ``$KEXUE_DATA`` first, then the shipped copy; tries ``relpath``, ``.xz``, ``.gz``.
+    Looks under ``$KEXUE_DATA`` first, then the shipped copy; tries ``relpath``, ``.xz``, ``.gz``
+    and the registered alternatives (``msra_ner/dh_msra.zip`` -> shipped ``dh_msra.txt.xz``).
 
     Args:
         relpath: ``"<folder>/<file>"`` as in the project's ``shared/data`` layout.
@@ -339,7 +340,11 @@ def data_path(relpath: str) -> Path:
     Raises:
         FileNotFoundError: not found in any root.
     """
-    found = _resolve((relpath,))
+    ref: FileRef = (relpath,)
+    for info in DATASETS.values():  # registered alternatives, e.g. the shipped dh_msra.txt.xz
+        for refs in info.splits.values():
+            ref = next((r for r in refs if r[0] == relpath), ref)
+    found = _resolve(ref)
     if found is None:
         where = ", ".join(f"{o}={r}" for o, r in _roots())
         raise FileNotFoundError(f"data file {relpath!r} not found under {where}")

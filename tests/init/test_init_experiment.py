@@ -42,7 +42,7 @@ def test_smoke_numbers(smoke):
     lin = "norm_ratio/constant/linear/"
     assert 0.3 < m[lin + "Su 1/fan_out"] < 3 and abs(m[lin + "orthogonal"] - 1) < 1e-3
     assert m[lin + "Su x2 var"] > 1e5 and m[lin + "Su x0.5 var"] < 1e-5
-    assert 0.05 < m["norm_ratio/constant/relu/He 2/fan_in"] < 3
+    assert 0.01 < m["norm_ratio/constant/relu/He 2/fan_in"] < 10  # one network at width 64
 
 
 def test_presets_are_frozen_configs():

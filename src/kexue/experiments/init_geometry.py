@@ -87,7 +87,7 @@ PRESETS = {
         widths=(16, 32, 64, 128),
         mlp_width=64,
         batch=64,
-        nets=2,
+        nets=1,
     ),
     "quick": Config(),
     "full": Config(

@@ -1,0 +1,14 @@
+"""kexue.init tests: run single-threaded (tiny ops; avoids oversubscribing a shared 2-core CI)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

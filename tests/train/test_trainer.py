@@ -322,6 +322,7 @@ def test_progress_bar_loss_only_and_bad_metrics(capsys):
         progress=True,
     ).fit()
     assert hist["steps"] == 3 and hist["tokens_per_s"] is None and "acc" not in hist["train"]
+    assert hist["evals"] == [] and hist["eval"] == {}  # no eval_fn: no eval records
     assert "3/3" in capsys.readouterr().err  # tqdm wrote to stderr
     bad_eval = Trainer(
         model,

@@ -402,6 +402,7 @@ class Trainer:
         last_eval_step = self.evals[-1]["step"] if self.evals else -1
         last_ckpt_step = self.step if resumed else -1
         ckpt_path: Path | None = None
+        has_eval = self.eval_fn is not None
 
         def flush() -> None:  # one "train" record: means over the window, all-reduced
             nonlocal window_tokens, t_window, last_train
@@ -444,7 +445,7 @@ class Trainer:
                     bar.update(1)
                     if self.step % cfg.log_every == 0:
                         flush()
-                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    if has_eval and cfg.eval_every and self.step % cfg.eval_every == 0:
                         self.evaluate()
                         last_eval_step = self.step
                     if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.out_dir:
@@ -453,7 +454,7 @@ class Trainer:
                     if self.step >= self.max_steps:
                         break
             flush()
-            if last_eval_step != self.step:
+            if has_eval and last_eval_step != self.step:
                 self.evaluate()
             if self.out_dir is not None and last_ckpt_step != self.step:
                 ckpt_path = self.save_checkpoint()

@@ -195,3 +195,34 @@ def test_memm_decode_scripts_via_viterbi_and_rejects_bad_mode():
     m = MEMM(3)
     with pytest.raises(ValueError, match="emissions"):
         m.loss(torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_fused_loss_equals_reference_and_gradchecks():
+    from kexue.tagging.memm import LocalNLL
+
+    tags_str = tag_set("BIO", ["A", "B"])
+    cons = allowed_transitions("BIO", tags_str)
+    em, tags, lengths = make(4, 6, 5, seed=8, lengths=[6, 1, 3, 5])
+    for half in (False, True):
+        for cls in (MEMM, BiMEMM):
+            m = head(cls, 5, 8, constraints=cons, half_scale=half)
+            e1 = em.clone().requires_grad_(True)
+            fast = m.loss(e1, tags, lengths=lengths, reduction="sum")
+            g1 = torch.autograd.grad(fast, [e1, m.transitions_full])
+            e2 = em.clone().requires_grad_(True)
+            ref = m.loss(e2, tags, lengths=lengths, reduction="sum", reference=True)
+            g2 = torch.autograd.grad(ref, [e2, m.transitions_full])
+            torch.testing.assert_close(fast, ref)
+            for a, c in zip(g1, g2):
+                torch.testing.assert_close(a, c)
+    k = 3
+    em, tags, lengths = make(2, 4, k, seed=9, lengths=[4, 2])
+    weight = (torch.arange(4)[None] < lengths[:, None]).to(D)
+    context = torch.randint(0, k + 1, (2, 4))
+    table = torch.randn(k + 1, k, dtype=D, requires_grad=True)
+    scale = torch.rand(2, 4, dtype=D) + 0.5
+    em.requires_grad_(True)
+    for sc in (None, scale):
+        assert torch.autograd.gradcheck(
+            lambda e, tb, sc=sc: LocalNLL.apply(e, tb, context, tags, weight, sc), (em, table)
+        )

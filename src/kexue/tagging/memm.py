@@ -35,12 +35,62 @@ from kexue.tagging._common import (
     end_onehot,
     reduce_loss,
     register_constraints,
-    reverse_within_length,
 )
 from kexue.tagging.crf import FORBIDDEN
 from kexue.tagging.viterbi import viterbi_decode, viterbi_nbest
 
 DECODE_MODES = ("memm_exact", "crf_viterbi")
+
+
+def _local_nll_reference(
+    emissions: Tensor, rows: Tensor, tags: Tensor, weight: Tensor, scale: Tensor | None
+) -> Tensor:
+    """Per-sequence sum of step cross-entropies, ``(b,)``, by plain autograd.
+
+    ``rows (b, t, k)`` holds $g(c_s,\\cdot)$ for each step's conditioning tag, ``weight (b, t)``
+    the mask as floats and ``scale (b, t)`` the optional half-scale factors.
+    """
+    logits = emissions + rows
+    if scale is not None:
+        logits = logits * scale.unsqueeze(2)
+    logp = F.log_softmax(logits, dim=2)
+    return -(logp.gather(2, tags.unsqueeze(2)).squeeze(2) * weight).sum(1)
+
+
+class LocalNLL(torch.autograd.Function):
+    """Fused step cross-entropies $\\sum_s w_s(\\log\\sum_j e^{z_s(j)}-z_s(y_s))$,
+    $z_s=c_s\\,(f_s+\\text{table}[\\text{context}_s])$, with the closed-form gradient
+    $\\partial/\\partial z_s=w_s(\\operatorname{softmax}(z_s)-\\mathbb 1_{y_s})$ and an
+    ``index_add`` into the ``(k + 1, k)`` table: a few passes over ``(b, t, k)``, no autograd graph.
+    """
+
+    @staticmethod
+    def forward(ctx, emissions, table, context, tags, weight, scale):  # noqa: D102
+        logits = emissions + table[context]  # (b, t, k)
+        if scale is not None:
+            logits = logits * scale.unsqueeze(2)
+        m = logits.amax(dim=2, keepdim=True)
+        p = (logits - m).exp_()
+        total = p.sum(dim=2, keepdim=True)
+        p.div_(total)  # softmax, kept for backward
+        lse = m.squeeze(2) + total.squeeze(2).log()
+        gold = logits.gather(2, tags.unsqueeze(2)).squeeze(2)
+        ctx.save_for_backward(p, context, tags, weight, scale)
+        ctx.table_rows = table.shape[0]
+        return ((lse - gold) * weight).sum(1)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        p, context, tags, weight, scale = ctx.saved_tensors
+        w = (weight * grad.unsqueeze(1)).unsqueeze(2)  # (b, t, 1)
+        d = p * w
+        d.scatter_add_(2, tags.unsqueeze(2), -w)
+        if scale is not None:
+            d = d * scale.unsqueeze(2)
+        k = p.shape[2]
+        d_table = torch.zeros(ctx.table_rows, k, dtype=d.dtype, device=d.device)
+        d_table.index_add_(0, context.reshape(-1), d.reshape(-1, k))
+        return d, d_table, None, None, None, None
 
 
 class MEMM(nn.Module):
@@ -101,41 +151,55 @@ class MEMM(nn.Module):
         return self.left @ self.right.T
 
     # -- training ------------------------------------------------------------------------------
-    def _rows(self, prev: Tensor, backward: bool) -> Tensor:
-        """$g(y_{prev},\\cdot)$ for a tensor of previous tags -> ``prev.shape + (k,)``."""
-        if self.rank is None:
-            trans = self.transitions_full.T if backward else self.transitions_full
-            rows = trans[prev]
-        else:
-            a, c = (self.right, self.left) if backward else (self.left, self.right)
-            rows = a[prev] @ c.T
-        if self.constrained:
-            allowed = self.allowed.T if backward else self.allowed
-            rows = rows.masked_fill(~allowed[prev], FORBIDDEN)
-        return rows
+    def _context(self, tags: Tensor, mask: Tensor, backward: bool) -> Tensor:
+        """Conditioning tag of every step, ``(b, t)`` in ``[0, k]``; ``k`` = none (first step).
 
-    def _step_log_probs(self, emissions: Tensor, tags: Tensor, backward: bool) -> Tensor:
-        """Teacher-forced local log-probabilities ``(b, t, k)`` of one direction."""
-        first = emissions[:, :1]
-        start = self.allowed_end if backward else self.allowed_start
+        Forward: the previous gold tag. Backward: the next gold tag, none at the last valid step;
+        summing per-step terms makes reversing the sequence unnecessary.
+        """
+        b = tags.shape[0]
+        none = torch.full((b, 1), self.num_tags, dtype=torch.long, device=tags.device)
+        if not backward:
+            return torch.cat([none, tags[:, :-1]], dim=1)
+        nxt = torch.cat([tags[:, 1:], none], dim=1)
+        return nxt.masked_fill(end_onehot(mask), self.num_tags)
+
+    def _table(self, backward: bool) -> Tensor:
+        """``(k + 1, k)`` scores $g(c,\\cdot)$ per conditioning tag ``c``; row ``k`` = first step
+        (0, or the start/end constraint penalty)."""
+        trans = self.transitions.T if backward else self.transitions
+        allowed = self.allowed.T if backward else self.allowed
+        first = self.allowed_end if backward else self.allowed_start
+        none = torch.zeros_like(trans[:1])
         if self.constrained:
-            first = first.masked_fill(~start, FORBIDDEN)
-        rest = emissions[:, 1:] + self._rows(tags[:, :-1], backward).to(emissions.dtype)
-        if self.half_scale:
-            rest = rest / 2
-        return F.log_softmax(torch.cat([first, rest], dim=1), dim=2)
+            trans = trans.masked_fill(~allowed, FORBIDDEN)
+            none = none.masked_fill(~first, FORBIDDEN)
+        return torch.cat([trans, none], dim=0)
 
     def _direction_nll(
-        self, emissions: Tensor, tags: Tensor, mask: Tensor, backward: bool
+        self, emissions: Tensor, tags: Tensor, mask: Tensor, backward: bool, reference: bool = False
     ) -> Tensor:
         """$-\\log P(y\\mid x)$ of one direction, ``(b,)``."""
-        if backward:
-            emissions = reverse_within_length(emissions, mask)
-            tags = reverse_within_length(tags, mask)
         tags = tags.masked_fill(~mask, 0)
-        logp = self._step_log_probs(emissions, tags, backward)
-        gold = logp.gather(2, tags.unsqueeze(2)).squeeze(2)  # (b, t)
-        return -(gold * mask).sum(1)
+        context = self._context(tags, mask, backward)
+        scale = None
+        if self.half_scale:  # bert4keras: (f + g) / 2, but f itself at the first step
+            scale = torch.where(context == self.num_tags, 1.0, 0.5).to(emissions.dtype)
+        weight = mask.to(emissions.dtype)
+        if self.rank is not None:  # low rank: rows L[c] R^T without the (k, k) matrix
+            a, c = (self.right, self.left) if backward else (self.left, self.right)
+            a = torch.cat([a, torch.zeros_like(a[:1])], dim=0)
+            rows = a[context] @ c.T
+            if self.constrained:
+                allowed = self.allowed.T if backward else self.allowed
+                first = self.allowed_end if backward else self.allowed_start
+                ok = torch.cat([allowed, first.unsqueeze(0)], dim=0)  # (k + 1, k)
+                rows = rows.masked_fill(~ok[context], FORBIDDEN)
+            return _local_nll_reference(emissions, rows.to(emissions.dtype), tags, weight, scale)
+        table = self._table(backward).to(emissions.dtype)
+        if reference:
+            return _local_nll_reference(emissions, table[context], tags, weight, scale)
+        return LocalNLL.apply(emissions, table, context, tags, weight, scale)
 
     def log_prob(
         self,
@@ -158,6 +222,7 @@ class MEMM(nn.Module):
         mask: Tensor | None = None,
         lengths: Tensor | None = None,
         reduction: str = "token_mean",
+        reference: bool = False,
     ) -> Tensor:
         """Teacher-forced negative log-likelihood (Bi-MEMM: mean of both directions).
 
@@ -168,14 +233,15 @@ class MEMM(nn.Module):
             reduction: ``"token_mean"`` (default, bert4keras: summed CE / number of tokens),
                 ``"mean"`` (per-sequence NLL averaged over the batch, like the CRF), ``"sum"`` or
                 ``"none"`` (``(b,)``).
+            reference: plain autograd instead of the fused custom backward (tests).
 
         Returns:
             Scalar, or ``(b,)`` for ``reduction="none"``.
         """
         mask = check_inputs(emissions, tags, mask, lengths, self.num_tags)
-        nll = self._direction_nll(emissions, tags, mask, False)
+        nll = self._direction_nll(emissions, tags, mask, False, reference)
         if self.bidirectional:
-            nll = 0.5 * (nll + self._direction_nll(emissions, tags, mask, True))
+            nll = 0.5 * (nll + self._direction_nll(emissions, tags, mask, True, reference))
         return reduce_loss(nll, mask, reduction)
 
     # -- decoding ------------------------------------------------------------------------------

@@ -29,8 +29,21 @@ def _pairwise_at(pairwise: Tensor, step: int) -> Tensor:
     return pairwise[:, step]  # (b, k, k)
 
 
+def _column(pairwise: Tensor, step: int, tag: Tensor) -> Tensor:
+    """Scores ``g_step(i, tag)`` of every previous tag ``i`` -> ``(b, k)``."""
+    if pairwise.dim() == 2:
+        return pairwise.t()[tag]  # (b, k)
+    b, _, k, _ = pairwise.shape
+    idx = tag.view(b, 1, 1).expand(b, k, 1)
+    return pairwise[:, step].gather(2, idx).squeeze(2)
+
+
 def viterbi_decode(emissions: Tensor, pairwise: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Best path of every sequence in a batch.
+
+    The forward pass keeps only $\\delta$ (``amax`` is about twice as fast as ``max`` with
+    indices on CPU); the back-trace recomputes $\\arg\\max_i(\\delta_{k-1}(i)+g(i,y_k))$ for the
+    chosen tag only, from the same numbers, so it equals stored back-pointers exactly.
 
     Args:
         emissions: ``(b, t, k)`` unary scores $f$.
@@ -44,21 +57,19 @@ def viterbi_decode(emissions: Tensor, pairwise: Tensor, mask: Tensor) -> tuple[T
     """
     b, t, k = emissions.shape
     delta = emissions[:, 0]  # (b, k)
-    ident = torch.arange(k, device=emissions.device).expand(b, k)
-    pointers: list[Tensor] = []
+    deltas: list[Tensor] = [delta]
     for step in range(1, t):
         # max_i (delta_{k-1}(i) + g(i, j)), taken over the previous tag i
-        cand = delta.unsqueeze(2) + _pairwise_at(pairwise, step)  # (b, k_prev, k_next)
-        best, arg = cand.max(dim=1)  # (b, k)
-        on = mask[:, step].unsqueeze(1)  # (b, 1)
-        delta = torch.where(on, best + emissions[:, step], delta)
-        pointers.append(torch.where(on, arg, ident))
+        best = (delta.unsqueeze(2) + _pairwise_at(pairwise, step)).amax(dim=1)  # (b, k)
+        delta = torch.where(mask[:, step].unsqueeze(1), best + emissions[:, step], delta)
+        deltas.append(delta)
     scores, last = delta.max(dim=1)  # (b,)
     path = torch.empty(b, t, dtype=torch.long, device=emissions.device)
     path[:, t - 1] = last
     tag = last
     for step in range(t - 1, 0, -1):
-        tag = pointers[step - 1].gather(1, tag.unsqueeze(1)).squeeze(1)
+        prev = (deltas[step - 1] + _column(pairwise, step, tag)).argmax(dim=1)
+        tag = torch.where(mask[:, step], prev, tag)
         path[:, step - 1] = tag
     path = path.masked_fill(~mask, -1)
     return path, scores

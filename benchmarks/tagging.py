@@ -1,0 +1,176 @@
+"""Benchmark for kexue.tagging (issue 4): CRF loss / Viterbi vs pytorch-crf and torch-struct.
+
+Prints markdown tables from one run (medians of interleaved repeats, float32, CPU):
+
+* CRF loss forward+backward (NLL w.r.t. emissions and transitions) and Viterbi decoding at
+  b=64, t in {32, 128, 512}, k in {5, 20, 50}: kexue fast path (custom forward-backward gradient),
+  kexue reference path (autograd through the recursion), pytorch-crf, torch-struct
+  ``LinearChainCRF``;
+* head loss forward+backward, MEMM / Bi-MEMM vs our CRF (no recursion in the MEMM).
+
+Usage: ``python benchmarks/tagging.py [--quick] [--repeats 7] [--no-struct]``. torch-struct is
+timed only for t*k <= 6400 and the reference path only for t <= 128 (both take seconds per call).
+Targets (issue 4): CRF loss and Viterbi >= 3x faster than pytorch-crf at t=128, k=20;
+MEMM loss >= 5x faster than our CRF at t=512.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from kexue.tagging import CRF, MEMM, BiMEMM
+
+
+def _time(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Interleaved timing: every round runs each function once; returns medians in ms."""
+    for fn in fns.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_time(fn))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def crf_cases(b: int, t: int, k: int, struct: bool, reference: bool = True) -> tuple[dict, dict]:
+    """Loss fwd+bwd and decode callables for every implementation at one size."""
+    g = torch.Generator().manual_seed(0)
+    em = torch.randn(b, t, k, generator=g, requires_grad=True)
+    tags = torch.randint(0, k, (b, t), generator=g)
+    lengths = torch.randint(t // 2, t + 1, (b,), generator=g)
+    lengths[0] = t
+    mask = torch.arange(t)[None] < lengths[:, None]
+    ours = CRF(k)
+    loss, dec = {}, {}
+
+    def fast():
+        ours.loss(em, tags, mask).backward()
+
+    def ref():
+        ours.loss(em, tags, mask, reference=True).backward()
+
+    loss["kexue (fast)"] = fast
+    if reference:
+        loss["kexue (reference)"] = ref
+    dec["kexue"] = lambda: ours.decode(em, mask)
+    try:
+        import torchcrf
+    except ImportError:  # pragma: no cover - peers are optional
+        torchcrf = None
+    if torchcrf is not None:
+        peer = torchcrf.CRF(k, batch_first=True)
+
+        def pc_loss():
+            (-peer(em, tags, mask, reduction="mean")).backward()
+
+        loss["pytorch-crf"] = pc_loss
+        dec["pytorch-crf"] = lambda: peer.decode(em, mask)
+    if struct:
+        try:
+            import torch_struct
+        except ImportError:  # pragma: no cover
+            torch_struct = None
+        if torch_struct is not None:
+            trans = torch.zeros(k, k, requires_grad=True)
+
+            def potentials():
+                # torch-struct wants (b, t-1, next, prev); fold f_1 into the first edge
+                edge = em[:, 1:, :, None] + trans.T[None, None]
+                first = torch.zeros_like(edge)
+                first[:, 0] = em[:, 0][:, None, :].expand(b, k, k)
+                return edge + first
+
+            def ts_loss():
+                dist = torch_struct.LinearChainCRF(potentials(), lengths=lengths)
+                dist.partition.mean().backward()
+
+            def ts_dec():
+                with torch.no_grad():
+                    torch_struct.LinearChainCRF(potentials(), lengths=lengths).argmax  # noqa: B018
+
+            loss["torch-struct"] = ts_loss
+            dec["torch-struct"] = ts_dec
+    return loss, dec
+
+
+def head_cases(b: int, t: int, k: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    em = torch.randn(b, t, k, generator=g, requires_grad=True)
+    tags = torch.randint(0, k, (b, t), generator=g)
+    heads = {"CRF": CRF(k), "MEMM": MEMM(k), "Bi-MEMM": BiMEMM(k)}
+    return {
+        name: (lambda h=h: h.loss(em, tags, reduction="mean").backward())
+        for name, h in heads.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="only t=128, k=20 and t=512, k=20")
+    ap.add_argument("--no-struct", action="store_true", help="skip torch-struct (slow)")
+    ap.add_argument("--batch", type=int, default=64)
+    args = ap.parse_args(argv)
+    b = args.batch
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
+        f"load avg {load:.1f}, b={b}, float32, median of {args.repeats} interleaved runs",
+        file=sys.stderr,
+    )
+    sizes = [(t, k) for t in (32, 128, 512) for k in (5, 20, 50)]
+    if args.quick:
+        sizes = [(128, 20), (512, 20)]
+    print("\n### CRF loss forward+backward and Viterbi (ms, lower is better)\n")
+    print(
+        "| t | k | loss: kexue fast | kexue reference | pytorch-crf | torch-struct | speed-up vs pytorch-crf "
+        "| viterbi: kexue | pytorch-crf | torch-struct | speed-up vs pytorch-crf |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t, k in sizes:
+        print(f"  timing t={t} k={k} ...", file=sys.stderr)
+        struct = not args.no_struct and t * k <= 128 * 50
+        loss_fns, dec_fns = crf_cases(b, t, k, struct, reference=t <= 128)
+        reps = args.repeats if t < 512 else max(3, args.repeats // 2)
+        lm = median_ms(loss_fns, reps)
+        dm = median_ms(dec_fns, reps)
+
+        def cell(d: dict[str, float], key: str) -> str:
+            return f"{d[key]:.1f}" if key in d else "-"
+
+        lsp = lm.get("pytorch-crf", float("nan")) / lm["kexue (fast)"]
+        dsp = dm.get("pytorch-crf", float("nan")) / dm["kexue"]
+        print(
+            f"| {t} | {k} | {cell(lm, 'kexue (fast)')} | {cell(lm, 'kexue (reference)')} | "
+            f"{cell(lm, 'pytorch-crf')} | {cell(lm, 'torch-struct')} | {lsp:.1f}x | "
+            f"{cell(dm, 'kexue')} | {cell(dm, 'pytorch-crf')} | {cell(dm, 'torch-struct')} | {dsp:.1f}x |",
+            flush=True,
+        )
+    print("\n### Head loss forward+backward: MEMM / Bi-MEMM vs CRF (ms)\n")
+    print("| t | k | CRF | MEMM | Bi-MEMM | CRF / MEMM | CRF / Bi-MEMM |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for t, k in [(128, 20), (512, 20)] if args.quick else sizes:
+        hm = median_ms(head_cases(b, t, k), args.repeats)
+        print(
+            f"| {t} | {k} | {hm['CRF']:.1f} | {hm['MEMM']:.1f} | {hm['Bi-MEMM']:.1f} | "
+            f"{hm['CRF'] / hm['MEMM']:.1f}x | {hm['CRF'] / hm['Bi-MEMM']:.1f}x |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -29,14 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--touched", type=float, default=0.01)
     ap.add_argument("--repeats", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="100k rows, 3 repeats (smoke)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.rows, args.repeats = 100_000, 3
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
-        f"load avg {load:.1f}; embedding {args.rows} x {args.dim}, {args.touched:.0%} rows per step",
+        f"load avg {load:.1f} (ratios within one run are comparable; absolute times are not); embedding {args.rows} x {args.dim}, {args.touched:.0%} rows per step",
         file=sys.stderr,
     )
     emb = embedding_step_times(
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ms = {r["variant"]: r["ms"] for r in emb}
     print("  timing Lookahead overhead ...", file=sys.stderr)
-    la = lookahead_overhead(rounds=5 if args.quick else 15)
+    la = lookahead_overhead(rounds=10 if args.quick else 40)
 
     print(
         f"\n### Optimizer step, {args.rows:,} x {args.dim} embedding, {args.touched:.0%} rows touched per step\n"
@@ -60,14 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     for r in emb:
         t = r["ms"]
         print(
-            f"| {r['variant']} | {r['grad']} | {t:.1f} | {ms['adam'] / t:.1f}x | "
+            f"| {r['variant']} | {r['grad']} | {t:.1f} | {r['ms_min']:.1f} | {ms['adam'] / t:.1f}x | "
             f"{ms['adam-fused'] / t:.2f}x | {ms['sparse-adam'] / t:.2f}x |"
         )
     print(f"\n### Lookahead step overhead, MLP 784-256-256-10 ({la['params']:,} params), k=5\n")
-    print("| optimizer | us/step (median) | overhead vs Adam (median per-round ratio) |")
-    print("|---|---:|---:|")
+    print(
+        "| optimizer | us/step (median) | us/step (fastest round) "
+        "| overhead (median per-round ratio) | overhead (fastest rounds) |"
+    )
+    print("|---|---:|---:|---:|---:|")
     for name, us in la["us"].items():
-        print(f"| {name} | {us:.0f} | {la['overhead'][name]:+.1%} |")
+        print(
+            f"| {name} | {us:.0f} | {la['us_min'][name]:.0f} | {la['overhead'][name]:+.1%} "
+            f"| {la['overhead_min'][name]:+.1%} |"
+        )
 
     fast = ms["lazy-fast-sparse"]
     targets = [

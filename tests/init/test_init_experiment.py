@@ -51,3 +51,14 @@ def test_presets_are_frozen_configs():
     cfg = module.PRESETS["smoke"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.depth = 3
+
+
+def test_library_does_not_import_matplotlib():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kexue.init, kexue.init.plots, kexue.experiments.init_geometry; "
+        "sys.exit('matplotlib' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

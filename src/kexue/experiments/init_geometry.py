@@ -28,7 +28,6 @@ from torch import nn
 from kexue.core.seed import seed_everything
 from kexue.init import (
     angle_cdf,
-    angle_pdf,
     angle_variance,
     init_module_,
     norm_propagation,
@@ -36,6 +35,7 @@ from kexue.init import (
     orthogonality_stats,
     sample_angles,
 )
+from kexue.init import plots as pictures
 
 ARTICLE_VAR = {
     3: "0.467401",
@@ -75,8 +75,8 @@ class Config:
     depth: int = 50
     mlp_width: int = 256
     alt_factor: int = 4
-    batch: int = 256
-    nets: int = 4  # independent networks per (scheme, activation); ratios are geometric means
+    batch: int = 64
+    nets: int = 3  # independent networks per (scheme, activation); ratios are geometric means
     threads: int = 1  # tiny matmuls: one thread avoids oversubscription on shared CPUs
 
 
@@ -89,7 +89,7 @@ PRESETS = {
         batch=64,
         nets=1,
     ),
-    "quick": Config(),
+    "quick": Config(angle_samples=60_000, mc_samples=60_000, nets=2),
     "full": Config(
         angle_samples=1_000_000,
         mc_samples=1_000_000,
@@ -132,12 +132,14 @@ def _angles(cfg: Config, g: torch.Generator) -> tuple[dict[int, torch.Tensor], d
     return samples, rows
 
 
-def _orthogonality(cfg: Config, g: torch.Generator) -> list[dict[str, float]]:
+def _orthogonality(
+    widths: tuple[int, ...], tall_factor: int, g: torch.Generator
+) -> list[dict[str, float]]:
     out = []
-    for n in cfg.widths:
+    for n in widths:
         gauss = torch.randn(n, n, generator=g, dtype=torch.float64) / math.sqrt(n)
         unif = (torch.rand(n, n, generator=g, dtype=torch.float64) * 2 - 1) * math.sqrt(3 / n)
-        m = cfg.tall_factor * n
+        m = tall_factor * n
         tall = torch.randn(m, n, generator=g, dtype=torch.float64) / math.sqrt(m)
         orth = orthogonal_(torch.empty(n, n, dtype=torch.float64), generator=g)
         sg, su, st, so = (orthogonality_stats(w) for w in (gauss, unif, tall, orth))
@@ -163,7 +165,7 @@ def _orthogonality(cfg: Config, g: torch.Generator) -> list[dict[str, float]]:
 def _mlp(widths: list[int], act: type[nn.Module]) -> tuple[nn.Sequential, list[nn.Module]]:
     layers: list[nn.Module] = []
     for a, b in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(a, b, dtype=torch.float64), act()]
+        layers += [nn.Linear(a, b), act()]  # float32; norms are taken in float64
     return nn.Sequential(*layers), layers[1::2]
 
 
@@ -177,7 +179,7 @@ def _propagation(cfg: Config, g: torch.Generator) -> dict[str, dict[str, dict[st
         "constant": [d] * (cfg.depth + 1),
         "alternating": [d * (cfg.alt_factor if i % 2 else 1) for i in range(cfg.depth + 1)],
     }
-    x = torch.randn(cfg.batch, d, generator=g, dtype=torch.float64)
+    x = torch.randn(cfg.batch, d, generator=g)
     out: dict[str, dict[str, dict[str, list[float]]]] = {}
     for pname, widths in patterns.items():
         out[pname] = {}
@@ -192,185 +194,6 @@ def _propagation(cfg: Config, g: torch.Generator) -> dict[str, dict[str, dict[st
                     curves.append([math.log10(max(u / v[0], 1e-300)) for u in v])
                 out[pname][aname][label] = [sum(c) / len(c) for c in zip(*curves)]
     return out
-
-
-def _plot_angles(cfg, samples, out_dir: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dims = list(cfg.angle_dims)
-    fig, axes = plt.subplots(1, len(dims), figsize=(3.2 * len(dims), 3.4))
-    for ax, n in zip(axes, dims):
-        a = samples[n][: cfg.angle_samples]
-        sd = math.sqrt(angle_variance(n))
-        lo, hi = max(0.0, math.pi / 2 - 5 * sd), min(math.pi, math.pi / 2 + 5 * sd)
-        ax.hist(
-            a.numpy(),
-            bins=60,
-            range=(lo, hi),
-            density=True,
-            color="tab:blue",
-            alpha=0.45,
-            label=f"{a.numel():,} samples",
-        )
-        t = torch.linspace(lo, hi, 400, dtype=torch.float64)
-        ax.plot(t, angle_pdf(t, n), "k-", lw=1.5, label=r"exact $p_n(\theta)$")
-        if n >= 10:
-            lap = torch.exp(-((t - math.pi / 2) ** 2) * (n - 2) / 2) * math.sqrt(
-                (n - 2) / 2 / math.pi
-            )
-            ax.plot(t, lap, "r--", lw=1, label="Laplace N(π/2, 1/(n-2))")
-        ax.set_title(f"n = {n}")
-        ax.set_xlabel("θ (rad)")
-        ax.axvline(math.pi / 2, color="gray", lw=0.5)
-    axes[0].set_ylabel("density")
-    handles, labels = axes[-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
-    fig.suptitle(
-        "Angle between two random Gaussian vectors in $\\mathbb{R}^n$ (x-range: π/2 ± 5 sd)"
-    )
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(out_dir / "angles.png", dpi=110)
-    plt.close(fig)
-    return "angles.png"
-
-
-def _plot_variance(rows, out_dir: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ns = sorted(rows)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    grid = [n for n in range(3, max(ns) + 1) if n < 30 or n % 10 == 0]
-    ax.loglog(grid, [angle_variance(n) for n in grid], "k-", label="quadrature")
-    ax.loglog(grid, [1 / (n - 2) for n in grid], "r--", label="Laplace 1/(n-2)")
-    ax.errorbar(
-        ns,
-        [rows[n]["mc"] for n in ns],
-        yerr=[2 * rows[n]["mc_se"] for n in ns],
-        fmt="o",
-        ms=4,
-        color="tab:blue",
-        label="Monte Carlo (±2 se)",
-    )
-    ax.loglog(
-        ns,
-        [float(ARTICLE_VAR[n]) if n in ARTICLE_VAR else math.nan for n in ns],
-        "x",
-        color="tab:orange",
-        ms=9,
-        label="article",
-    )
-    ax.set_xlabel("n")
-    ax.set_ylabel("Var(θ)")
-    ax.set_title("Variance of the angle between random vectors")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "variance.png", dpi=110)
-    plt.close(fig)
-    return "variance.png"
-
-
-def _plot_orthogonality(cfg, rows, out_dir: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = [r["n"] for r in rows]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    a1.loglog(n, [r["gauss_mse"] for r in rows], "o", color="tab:blue", label="Gaussian 1/n")
-    a1.loglog(n, [(k + 1) / k**2 for k in n], "-", color="tab:blue", lw=0.8, label="(n+1)/n²")
-    a1.loglog(
-        n, [r["unif_mse"] for r in rows], "s", color="tab:green", mfc="none", label="uniform 1/n"
-    )
-    a1.loglog(n, [(k - 0.2) / k**2 for k in n], "--", color="tab:green", lw=0.8, label="(n-0.2)/n²")
-    a1.set_xscale("log", base=2)
-    a1.set_xlabel("n")
-    a1.set_ylabel("mean of (WᵀW − I)² entries")
-    worst = max(r["orth_mse"] for r in rows)
-    a1.set_title(f"Entry-wise: error ≈ 1/n  (QR orthogonal: ≤ {worst:.0e})")
-    a1.legend(fontsize=8)
-    a2.semilogx(n, [r["gauss_max"] for r in rows], "o-", color="tab:blue", label="square Gaussian")
-    a2.semilogx(n, [r["gauss_min"] for r in rows], "o-", color="tab:blue")
-    a2.semilogx(
-        n,
-        [r["unif_max"] for r in rows],
-        "s--",
-        color="tab:green",
-        mfc="none",
-        label="square uniform",
-    )
-    a2.semilogx(n, [r["unif_min"] for r in rows], "s--", color="tab:green", mfc="none")
-    a2.semilogx(
-        n,
-        [r["tall_max"] for r in rows],
-        "d-",
-        color="tab:purple",
-        label=f"tall {cfg.tall_factor}n×n Gaussian 1/m",
-    )
-    a2.semilogx(n, [r["tall_min"] for r in rows], "d-", color="tab:purple")
-    band = math.sqrt(1 / cfg.tall_factor)
-    a2.axhspan(1 - band, 1 + band, color="tab:purple", alpha=0.1, label="1 ± √(n/m)")
-    a2.axhline(1.0, color="tab:red", label="orthogonal (QR)")
-    a2.set_xscale("log", base=2)
-    a2.set_ylim(-0.05, 2.25)
-    a2.set_xlabel("n")
-    a2.set_ylabel("largest / smallest singular value")
-    a2.set_title("Operator norm: square random matrices are not isometries")
-    a2.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 0.06), ncol=2)
-    fig.tight_layout()
-    fig.savefig(out_dir / "orthogonality.png", dpi=110)
-    plt.close(fig)
-    return "orthogonality.png"
-
-
-def _plot_norms(cfg, norms, out_dir: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), sharex=True)
-    colors = plt.get_cmap("tab10").colors
-    for i, (pname, per_act) in enumerate(norms.items()):
-        for j, (aname, per_scheme) in enumerate(per_act.items()):
-            ax = axes[i, j]
-            for k, (label, vals) in enumerate(per_scheme.items()):
-                ax.plot(
-                    range(len(vals)),
-                    vals,
-                    color=colors[k],
-                    ls="--" if label.startswith("Su x") else "-",
-                    lw=1.4,
-                    label=label,
-                )
-            ax.axhline(0, color="gray", lw=0.5)
-            ax.set_ylim(-12, 8)
-            wd = (
-                f"width {cfg.mlp_width}"
-                if pname == "constant"
-                else f"width {cfg.mlp_width}↔{cfg.alt_factor * cfg.mlp_width}"
-            )
-            ax.set_title(f"{aname}, {wd}")
-            if j == 0:
-                ax.set_ylabel("log10 ‖h_l‖ / ‖x‖")
-            if i == 1:
-                ax.set_xlabel("layer l")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
-    fig.suptitle(
-        f"Activation norm through a {cfg.depth}-layer MLP, mean of log10 over {cfg.nets} "
-        "networks (y-axis clipped to [-12, 8])"
-    )
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(out_dir / "norms.png", dpi=110)
-    plt.close(fig)
-    return "norms.png"
 
 
 def _fmt(x: float) -> str:
@@ -398,25 +221,43 @@ def _run(cfg: Config, out_dir: Path, g: torch.Generator, say: Any) -> dict[str, 
     samples, var_rows = _angles(cfg, g)
     ks = {n: _ks(samples[n][: cfg.angle_samples], n) for n in cfg.angle_dims}
     say("init-geometry: orthogonality vs width")
-    ortho = _orthogonality(cfg, g)
+    ortho = _orthogonality(cfg.widths, cfg.tall_factor, g)
+    o100 = _orthogonality((100,), cfg.tall_factor, g)[0]  # the article's snippet: n = 100
     say("init-geometry: norm propagation")
     norms = _propagation(cfg, g)
     say("init-geometry: plots")
     plots = [
         {
-            "file": _plot_angles(cfg, samples, out_dir),
+            "file": pictures.plot_angle_histograms(
+                {n: samples[n][: cfg.angle_samples] for n in cfg.angle_dims}, out_dir / "angles.png"
+            ).name,
             "caption": "Histogram of sampled angles vs the exact density p_n(θ) ∝ sin^(n−2)θ.",
         },
         {
-            "file": _plot_variance(var_rows, out_dir),
+            "file": pictures.plot_angle_variance(
+                {n: (r["mc"], r["mc_se"]) for n, r in var_rows.items()},
+                {n: float(v) for n, v in ARTICLE_VAR.items()},
+                out_dir / "variance.png",
+            ).name,
             "caption": "Var(θ): quadrature, Monte Carlo, Laplace 1/(n−2) and the article's values.",
         },
         {
-            "file": _plot_orthogonality(cfg, ortho, out_dir),
+            "file": pictures.plot_orthogonality(
+                ortho, cfg.tall_factor, out_dir / "orthogonality.png"
+            ).name,
             "caption": "Entry-wise orthogonality error ≈ 1/n (left) vs singular-value extremes (right).",
         },
         {
-            "file": _plot_norms(cfg, norms, out_dir),
+            "file": pictures.plot_norm_propagation(
+                norms,
+                out_dir / "norms.png",
+                rows={
+                    "constant": f"width {cfg.mlp_width}",
+                    "alternating": f"width {cfg.mlp_width}↔{cfg.alt_factor * cfg.mlp_width}",
+                },
+                title=f"Activation norm through a {cfg.depth}-layer MLP, mean of log10 over "
+                f"{cfg.nets} network(s) (y-axis clipped to [-12, 8])",
+            ).name,
             "caption": f"log10 activation norm ratio through {cfg.depth} layers per initialiser.",
         },
     ]
@@ -451,7 +292,6 @@ def _run(cfg: Config, out_dir: Path, g: torch.Generator, say: Any) -> dict[str, 
         )
     mc_z = max(abs(r["mc"] - r["quad"]) / r["mc_se"] for r in var_rows.values())
     lap_rel = max(abs(r["laplace"] - r["quad"]) / r["quad"] for n, r in var_rows.items() if n >= 50)
-    o100 = min(ortho, key=lambda r: abs(r["n"] - 100))
     comparison.append(
         {
             "quantity": f"mean (WᵀW − I)², Gaussian {o100['n']}×{o100['n']}, var 1/n",

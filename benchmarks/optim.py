@@ -40,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
         f"load avg {load:.1f} (ratios within one run are comparable; absolute times are not); embedding {args.rows} x {args.dim}, {args.touched:.0%} rows per step",
-        file=sys.stderr,
     )
     emb = embedding_step_times(
         num_rows=args.rows,

@@ -71,6 +71,10 @@ def test_special_cases():
     peak = float(angle_pdf(math.pi / 2, 10_000))
     assert math.isfinite(peak) and abs(peak - math.sqrt(9998 / (2 * math.pi))) / peak < 1e-3
     assert float(angle_pdf(0.3, 10_000)) == 0.0  # underflows to exactly 0, never NaN
+    e = torch.tensor([-1.0, -0.5, 0.0, 0.01, 1.0], dtype=torch.float64)
+    big = cos_angle_pdf(e, 10_000)
+    assert bool(torch.isfinite(big).all()) and float(big[2]) == pytest.approx(peak)
+    assert float(big[0]) == 0.0 and float(big[-1]) == 0.0
 
 
 @pytest.mark.parametrize("n", list(ARTICLE))

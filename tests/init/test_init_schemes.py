@@ -161,6 +161,10 @@ def test_bad_arguments():
         orthogonal_(torch.empty(3))
     with pytest.raises(TypeError, match="floating-point"):
         orthogonal_(torch.zeros(3, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="floating-point"):
+        orthogonal_(nn.ReLU())
+    with pytest.raises(TypeError, match="unsupported module LayerNorm"):
+        geometric_init_(nn.LayerNorm(4))
 
 
 # ---------------------------------------------------------------- orthogonal

@@ -253,7 +253,10 @@ def orthogonal_(
         TypeError: not a floating-point tensor.
     """
     gain = _check_gain(gain)
-    weight = tensor.weight if isinstance(tensor, nn.Module) else check_tensor(tensor, "tensor")
+    if isinstance(tensor, nn.Module):
+        weight = getattr(tensor, "weight", None)
+    else:
+        weight = check_tensor(tensor, "tensor")
     if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
         raise TypeError("tensor must be a floating-point torch.Tensor (or a module with one)")
     if weight.dim() < 2 or weight.numel() == 0:

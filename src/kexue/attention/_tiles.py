@@ -30,6 +30,7 @@ uses a plain-autograd path instead (same maths, keeps the probabilities).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 # Elements of one chunk of score tiles (b * h * tiles * B * T); ~8 MiB in float32.
-CHUNK_ELEMENTS = 1 << 21
+CHUNK_ELEMENTS = 1 << 17
 
 
 @dataclass
@@ -74,10 +75,25 @@ class TilePlan:
         """``T``: keys per tile."""
         return self.key_len if self.full else (self.left + self.right + 1) * self.block
 
-    def chunks(self, b: int, h: int) -> list[tuple[int, int]]:
-        """Ranges of query blocks processed together (bounded score memory)."""
-        per = max(1, CHUNK_ELEMENTS // max(1, b * h * self.block * self.tile_keys))
-        return [(c0, min(c0 + per, self.tiles)) for c0 in range(0, self.tiles, per)]
+    def chunks(self, b: int, h: int) -> list[tuple[int, int, int, int]]:
+        """``(h0, h1, c0, c1)`` ranges of heads and query blocks processed together, so that one
+        chunk of scores holds about :data:`CHUNK_ELEMENTS` numbers (cache-sized, bounded memory)."""
+        per_head = b * self.tiles * self.block * self.tile_keys
+        if per_head <= CHUNK_ELEMENTS:
+            hc = max(1, CHUNK_ELEMENTS // per_head)
+            return [(h0, min(h0 + hc, h), 0, self.tiles) for h0 in range(0, h, hc)]
+        per = max(1, CHUNK_ELEMENTS // (b * self.block * self.tile_keys))
+        return [
+            (h0, h0 + 1, c0, min(c0 + per, self.tiles))
+            for h0 in range(h)
+            for c0 in range(0, self.tiles, per)
+        ]
+
+    def heads(self, h0: int, h1: int) -> TilePlan:
+        """The plan restricted to heads ``h0..h1`` (slices a per-head ``key_valid``)."""
+        if self.key_valid.shape[1] == 1:
+            return self
+        return dataclasses.replace(self, key_valid=self.key_valid[:, h0:h1])
 
     # --- tiles ---------------------------------------------------------------------------
     def q_tile(self, x: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
@@ -101,36 +117,41 @@ class TilePlan:
             rows = dst[:, :, (c0 + s) * self.block : (c1 + s) * self.block]
             rows.view(b, h, c, self.block, e).add_(g[..., s * self.block : (s + 1) * self.block, :])
 
-    def allowed(self, c0: int, c1: int) -> list[torch.Tensor]:
-        """Masks (True = allowed) broadcastable to the score chunk ``(b, h, c, B, T)``."""
+    def masked(self, c0: int, c1: int) -> torch.Tensor | None:
+        """Bool mask (True = *not* allowed) broadcastable to the score chunk ``(b, h, c, B, T)``."""
         kv = self.key_valid
         if self.full:
-            masks = [kv[:, :, None, None, :]]
+            ok = kv[:, :, None, None, :]  # (b, g, 1, 1, N_k)
+            extra = None
             if self.pred is not None:
                 qpos = torch.arange(c0 * self.block, c1 * self.block, device=kv.device)
-                ok = self.pred(qpos.view(c1 - c0, self.block, 1), self.kpos.view(1, 1, -1))
-                masks.append(ok)
-            return masks
-        span = kv[:, :, c0 * self.block : (c1 + self.left + self.right) * self.block]
-        masks = [span.unfold(2, self.tile_keys, self.block).unsqueeze(3)]
-        if self.static_ok is not None:
-            masks.append(self.static_ok)
-        return masks
+                extra = self.pred(qpos.view(c1 - c0, self.block, 1), self.kpos.view(1, 1, -1))
+        else:
+            span = kv[:, :, c0 * self.block : (c1 + self.left + self.right) * self.block]
+            ok = span.unfold(2, self.tile_keys, self.block).unsqueeze(3)  # (b, g, c, 1, T)
+            extra = self.static_ok
+        if extra is None:
+            return None if bool(ok.all()) else ~ok
+        return torch.logical_and(ok, extra).logical_not_()
 
 
 def _masked_scores(
-    plan: TilePlan, q: torch.Tensor, k: torch.Tensor, c0: int, c1: int, scale: float, inplace: bool
+    plan: TilePlan, qs: torch.Tensor, k: torch.Tensor, c0: int, c1: int, inplace: bool
 ) -> torch.Tensor:
-    s = torch.matmul(plan.q_tile(q, c0, c1), plan.k_tile_t(k, c0, c1))  # (b, h, c, B, T)
-    if inplace:
-        s.mul_(scale)
-        for m in plan.allowed(c0, c1):
-            s.masked_fill_(~m, -math.inf)
+    """Scores ``qs K^T`` of blocks ``c0..c1`` (``qs (b, h, c, B, e)`` = alpha Q), -inf if masked."""
+    s = _tmm(qs, plan.k_tile_t(k, c0, c1))  # (b, h, c, B, T)
+    bad = plan.masked(c0, c1)
+    if bad is None:
         return s
-    s = s * scale
-    for m in plan.allowed(c0, c1):
-        s = s.masked_fill(~m, -math.inf)
-    return s
+    return s.masked_fill_(bad, -math.inf) if inplace else s.masked_fill(bad, -math.inf)
+
+
+def _tmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-tile ``a @ b`` for ``a (b, h, c, B, x)``; ``b (b, h, c|1, x, y)``. Shared keys (tile dim 1)
+    become one GEMM over all ``c * B`` rows instead of a broadcast (which would copy ``b``)."""
+    if b.shape[2] == 1 and a.shape[2] != 1:
+        return torch.matmul(a.flatten(2, 3), b.squeeze(2)).unflatten(2, a.shape[2:4])
+    return torch.matmul(a, b)
 
 
 def _v_tile(plan: TilePlan, v: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
@@ -141,15 +162,18 @@ def _forward_no_grad(plan: TilePlan, q, k, v, scale):
     b, h, nq, _ = q.shape
     out = q.new_empty(b, h, nq, v.shape[-1])
     lse = q.new_empty(b, h, nq)
-    for c0, c1 in plan.chunks(b, h):
-        s = _masked_scores(plan, q, k, c0, c1, scale, inplace=True)
+    tiny = torch.finfo(q.dtype).tiny
+    for h0, h1, c0, c1 in plan.chunks(b, h):
+        pl, hs = plan.heads(h0, h1), slice(h0, h1)
+        qs = pl.q_tile(q[:, hs], c0, c1) * scale  # alpha Q, one chunk (stays in cache)
+        s = _masked_scores(pl, qs, k[:, hs], c0, c1, inplace=True)
         mx = s.amax(-1, keepdim=True)
         mx = mx.masked_fill_(mx == -math.inf, 0.0)
         p = s.sub_(mx).exp_()  # unnormalised probabilities, 0 where masked
         tot = p.sum(-1, keepdim=True)
-        o = torch.matmul(p, _v_tile(plan, v, c0, c1))
-        plan.q_tile(out, c0, c1).copy_(o.div_(tot.clamp_min(torch.finfo(q.dtype).tiny)))
-        plan.q_tile(lse, c0, c1).copy_((tot.log_() + mx).squeeze(-1))  # -inf: no allowed key
+        o = _tmm(p, _v_tile(pl, v[:, hs], c0, c1))
+        pl.q_tile(out[:, hs], c0, c1).copy_(o.div_(tot.clamp_min(tiny)))
+        pl.q_tile(lse[:, hs], c0, c1).copy_((tot.log_() + mx).squeeze(-1))  # -inf: no key
     return out, lse
 
 
@@ -175,41 +199,45 @@ class _TileAttention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         plan, scale = ctx.plan, ctx.scale
         b, h = q.shape[:2]
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
         delta = (dout * out).sum(-1) - dlse  # D - dl, (b, h, N_q)
         lse = lse.masked_fill(lse == -math.inf, 0.0)
-        for c0, c1 in plan.chunks(b, h):
-            p = _masked_scores(plan, q, k, c0, c1, scale, inplace=True)
-            p = p.sub_(plan.q_tile(lse, c0, c1).unsqueeze(-1)).exp_()  # P, (b, h, c, B, T)
-            do = plan.q_tile(dout, c0, c1)  # (b, h, c, B, e)
-            vt = plan.k_tile_t(v, c0, c1)  # (b, h, c|1, e, T)
-            _acc_keys(plan, dv, p, do, c0, c1)  # dV += P^T dO
-            ds = torch.matmul(do, vt).sub_(plan.q_tile(delta, c0, c1).unsqueeze(-1)).mul_(p)
-            ds.mul_(scale)  # dS, with the chain-rule factor of S = alpha Q K^T
-            kt = plan.k_tile_t(k, c0, c1).transpose(-1, -2)  # (b, h, c|1, T, e)
-            plan.q_tile(dq, c0, c1).copy_(torch.matmul(ds, kt))  # dQ = dS K
-            _acc_keys(plan, dk, ds, plan.q_tile(q, c0, c1), c0, c1)  # dK += dS^T Q
+        for h0, h1, c0, c1 in plan.chunks(b, h):
+            pl, hs = plan.heads(h0, h1), slice(h0, h1)
+            qs = pl.q_tile(q[:, hs], c0, c1) * scale  # alpha Q
+            p = _masked_scores(pl, qs, k[:, hs], c0, c1, inplace=True)
+            p = p.sub_(pl.q_tile(lse[:, hs], c0, c1).unsqueeze(-1)).exp_()  # P (b, h, c, B, T)
+            do = pl.q_tile(dout[:, hs], c0, c1)  # (b, h, c, B, e)
+            _acc_keys(pl, dv[:, hs], p, do, c0, c1)  # dV += P^T dO
+            ds = _tmm(do, pl.k_tile_t(v[:, hs], c0, c1))  # dP = dO V^T
+            ds.sub_(pl.q_tile(delta[:, hs], c0, c1).unsqueeze(-1)).mul_(p)  # dS = P (dP - D + dl)
+            kt = pl.k_tile_t(k[:, hs], c0, c1).transpose(-1, -2)  # (b, h, c|1, T, e)
+            pl.q_tile(dq[:, hs], c0, c1).copy_(_tmm(ds, kt).mul_(scale))  # dQ = alpha dS K
+            _acc_keys(pl, dk[:, hs], ds, qs, c0, c1)  # dK += dS^T (alpha Q)
         return dq, dk, dv, None, None
 
 
 def _forward_autograd(plan: TilePlan, q, k, v, scale, dropout_p):
     """Same maths with autograd (keeps probabilities): used when attention dropout is on."""
     b, h = q.shape[:2]
-    outs, lses = [], []
     tiny = torch.finfo(q.dtype).tiny
-    for c0, c1 in plan.chunks(b, h):
-        s = _masked_scores(plan, q, k, c0, c1, scale, inplace=False)
+    rows_o, rows_l = [], []
+    for h0, h1, c0, c1 in plan.chunks(b, h):
+        pl, hs = plan.heads(h0, h1), slice(h0, h1)
+        s = _masked_scores(pl, pl.q_tile(q[:, hs], c0, c1) * scale, k[:, hs], c0, c1, False)
         mx = s.detach().amax(-1, keepdim=True)
         mx = mx.masked_fill(mx == -math.inf, 0.0)
         p = torch.exp(s - mx)
         tot = p.sum(-1, keepdim=True)
         lse = torch.where(tot > 0, tot.clamp_min(tiny).log() + mx, -math.inf).squeeze(-1)
-        p = p / tot.clamp_min(tiny)
-        if dropout_p > 0:
-            p = F.dropout(p, dropout_p, training=True)
-        outs.append(torch.matmul(p, _v_tile(plan, v, c0, c1)).flatten(2, 3))
-        lses.append(lse.flatten(2, 3))
-    return torch.cat(outs, 2), torch.cat(lses, 2)
+        p = F.dropout(p / tot.clamp_min(tiny), dropout_p, training=True)
+        if c0 == 0:
+            rows_o.append([])
+            rows_l.append([])
+        rows_o[-1].append(_tmm(p, _v_tile(pl, v[:, hs], c0, c1)).flatten(2, 3))
+        rows_l[-1].append(lse.flatten(2, 3))
+    out = torch.cat([torch.cat(r, 2) for r in rows_o], 1)
+    return out, torch.cat([torch.cat(r, 2) for r in rows_l], 1)
 
 
 def tile_attention(
@@ -253,14 +281,12 @@ def merge_parts(
     Returns:
         ``(out, lse)`` of the union; rows empty in every part give zeros / ``-inf``.
     """
-    lses = torch.stack([lse for _, lse in parts])  # (p, b, h, n)
-    mx = lses.detach().amax(0)
+    mx = torch.stack([lse.detach() for _, lse in parts]).amax(0)
     mx = mx.masked_fill(mx == -math.inf, 0.0)  # the result does not depend on mx
-    w = torch.exp(lses - mx)  # (p, b, h, n)
-    tot = w.sum(0)
-    tiny = torch.finfo(w.dtype).tiny
-    out = sum(w[i].unsqueeze(-1) * o for i, (o, _) in enumerate(parts)) / tot.clamp_min(
-        tiny
-    ).unsqueeze(-1)
+    ws = [torch.exp(lse - mx) for _, lse in parts]  # (b, h, n) each
+    tot = sum(ws)
+    tiny = torch.finfo(tot.dtype).tiny
+    inv = (1.0 / tot.clamp_min(tiny)).unsqueeze(-1)
+    out = sum(o * (w.unsqueeze(-1) * inv) for (o, _), w in zip(parts, ws, strict=True))
     lse = torch.where(tot > 0, tot.clamp_min(tiny).log() + mx, -math.inf)
     return out, lse

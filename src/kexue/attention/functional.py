@@ -71,6 +71,13 @@ def _check_qkv(q, k, v, key_padding_mask, self_attention: bool = True) -> tuple[
     return sizes["b"], sizes["h"], sizes["n"]
 
 
+def _pad_seq(x: torch.Tensor, before: int, after: int, value=0.0) -> torch.Tensor:
+    """Pad the sequence dim (dim 2 of ``(b, h, n, e)``, dim 1 of ``(b, n)``); no copy if nothing."""
+    if before == after == 0:
+        return x
+    return F.pad(x, (0, 0, before, after) if x.dim() == 4 else (before, after), value=value)
+
+
 def _scale(scale: float | None, e: int) -> float:
     return 1.0 / math.sqrt(e) if scale is None else float(scale)
 
@@ -186,9 +193,9 @@ def _band(
     tiles = -(-n // block)
     left, right = min(left, tiles - 1), min(right, tiles - 1)
     pad = tiles * block - n
-    qp = F.pad(q, (0, 0, 0, pad))
-    kp = F.pad(k, (0, 0, left * block, pad + right * block))
-    vp = F.pad(v, (0, 0, left * block, pad + right * block))
+    qp = _pad_seq(q, 0, pad)
+    kp = _pad_seq(k, left * block, pad + right * block)
+    vp = _pad_seq(v, left * block, pad + right * block)
     kv = F.pad(key_valid, (left * block, pad + right * block), value=False)
     t = (left + right + 1) * block
     qpos = torch.arange(block, device=q.device) + left * block  # a representative tile
@@ -209,7 +216,7 @@ def _dense_tiles(
     n = q.shape[2]
     block = max(1, min(block, n))
     tiles = -(-n // block)
-    qp = F.pad(q, (0, 0, 0, tiles * block - n))
+    qp = _pad_seq(q, 0, tiles * block - n)
     plan = TilePlan(
         block=block, tiles=tiles, key_len=k.shape[2], key_valid=key_valid, full=True, pred=pred,
         kpos=kpos,
@@ -219,7 +226,9 @@ def _dense_tiles(
 
 
 def _default_block(window: int, n: int) -> int:
-    return max(1, min(max(window, 32), 256, n))
+    """Query block ``B`` of the band layout: 32 rows (fast on CPU: tile waste ``B`` keys per row,
+    GEMMs still efficient), or ``n`` when shorter."""
+    return max(1, min(32, n))
 
 
 def _local_parts(
@@ -248,7 +257,8 @@ def _atrous_parts(q, k, v, rate, causal, key_valid, scale, dropout_p):
     pad = m * rate - n
     # residue class c = i mod r becomes its own sequence i = c, c + r, c + 2r, ...
     qc, kc, vc = (
-        rearrange(F.pad(x, (0, 0, 0, pad)), "b h (m r) e -> b (r h) m e", r=rate) for x in (q, k, v)
+        rearrange(_pad_seq(x, 0, pad), "b h (m r) e -> b (r h) m e", r=rate).contiguous()
+        for x in (q, k, v)
     )
     kv = rearrange(F.pad(key_valid, (0, pad), value=False), "b (m r) -> b r 1 m", r=rate)
     kv = kv.expand(b, rate, h, m).reshape(b, rate * h, m)
@@ -287,7 +297,7 @@ def local_attention(
         dropout_p: attention dropout (when ``training``).
         scale: default ``1 / sqrt(e)``.
         training: apply dropout.
-        block_size: query block ``B`` (default ``clamp(w, 32, 256)``); cost ``O(n (2 ceil(w/B)+1) B)``.
+        block_size: query block ``B`` (default 32); cost ``O(n (2 ceil(w/B)+1) B)``.
 
     Returns:
         ``(b, h, n, e_v)``.

@@ -1,0 +1,259 @@
+"""Fast kernels vs the dense masked reference (and a brute-force loop), outputs and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from attention_oracles import loop_attention
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kexue.attention import functional as F_
+from kexue.attention.functional import attention, masked_attention
+from kexue.attention.patterns import head_pattern_masks
+
+PATTERNS = [
+    ("full", {}),
+    ("local", {"window": 0}),
+    ("local", {"window": 1}),
+    ("local", {"window": 5}),
+    ("local", {"window": 40}),
+    ("atrous", {"rate": 1}),
+    ("atrous", {"rate": 2}),
+    ("atrous", {"rate": 5}),
+    ("sparse", {"rate": 2}),
+    ("sparse", {"rate": 3}),
+    ("sparse", {"rate": 4, "window": 9}),
+    ("strided", {"stride": 3}),
+    ("fixed", {"stride": 4, "summary": 1}),
+    ("fixed", {"stride": 3, "summary": 3}),
+]
+
+
+def _inputs(b, h, n, e, dtype, lengths=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, n, e, generator=g, dtype=dtype) for _ in range(3))
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    kpm = None
+    if lengths is not None:
+        kpm = torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
+    return q, k, v, kpm, torch.randn(b, h, n, e, generator=g, dtype=dtype)
+
+
+def _compare(kind, params, n, causal, lengths, h, e, dtype, tol, block_size=None):
+    b = 1 if lengths is None else len(lengths)
+    q, k, v, kpm, g = _inputs(b, h, n, e, dtype, lengths)
+    kw = dict(causal=causal, key_padding_mask=kpm, **params)
+    if block_size is not None:
+        fast = F_.local_attention(
+            q, k, v, params["window"], causal=causal, key_padding_mask=kpm, block_size=block_size
+        )
+    else:
+        fast = attention(q, k, v, kind, **kw)
+    ref = attention(q, k, v, kind, impl="dense", **kw)
+    assert torch.isfinite(fast).all()
+    gf = torch.autograd.grad((fast * g).sum(), (q, k, v))
+    gr = torch.autograd.grad((ref * g).sum(), (q, k, v))
+    torch.testing.assert_close(fast, ref, atol=tol, rtol=0)
+    for a, r in zip(gf, gr, strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, r, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("kind,params", PATTERNS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_matches_dense_float64_edge_lengths(kind, params, causal):
+    for n in (1, 2, 7, 13, 32, 33):
+        _compare(kind, params, n, causal, [n, max(0, n - 3), 1], 3, 4, torch.float64, 1e-10)
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    data=st.data(),
+    n=st.integers(1, 70),
+    causal=st.booleans(),
+    h=st.integers(1, 4),
+    e=st.integers(1, 8),
+    pad=st.booleans(),
+    dtype64=st.booleans(),
+)
+def test_matches_dense_property(data, n, causal, h, e, pad, dtype64):
+    kind = data.draw(st.sampled_from(["local", "atrous", "sparse", "strided", "fixed", "full"]))
+    if kind == "local":
+        params = {"window": data.draw(st.integers(0, 80))}
+    elif kind == "atrous":
+        params = {"rate": data.draw(st.integers(1, 20))}
+    elif kind == "sparse":
+        r = data.draw(st.integers(2, 12))
+        params = {"rate": r, "window": data.draw(st.one_of(st.none(), st.integers(0, 20)))}
+    elif kind == "strided":
+        params = {"stride": data.draw(st.integers(1, 12))}
+    elif kind == "fixed":
+        stride = data.draw(st.integers(1, 12))
+        params = {"stride": stride, "summary": data.draw(st.integers(1, stride))}
+    else:
+        params = {}
+    lengths = None
+    if pad:
+        lengths = data.draw(st.lists(st.integers(0, n), min_size=1, max_size=3))
+    dtype, tol = (torch.float64, 1e-10) if dtype64 else (torch.float32, 1e-5)
+    _compare(kind, params, n, causal, lengths, h, e, dtype, tol)
+
+
+@pytest.mark.parametrize("block", [1, 3, 16, 64])
+def test_local_any_block_size(block):
+    for w in (0, 2, 7, 20):
+        _compare("local", {"window": w}, 29, False, [29, 11], 2, 3, torch.float64, 1e-10, block)
+        _compare("local", {"window": w}, 29, True, [29, 11], 2, 3, torch.float64, 1e-10, block)
+
+
+@pytest.mark.parametrize("kind,params", PATTERNS)
+def test_reference_equals_brute_force_loop(kind, params):
+    """The dense reference itself: softmax over the union with every key counted once."""
+    for causal in (False, True):
+        q, k, v, kpm, _ = _inputs(2, 2, 11, 3, torch.float64, [11, 6], seed=1)
+        ref = attention(q, k, v, kind, impl="dense", causal=causal, key_padding_mask=kpm, **params)
+        loop = loop_attention(q, k, v, kind, causal=causal, key_padding_mask=kpm, **params)
+        torch.testing.assert_close(ref, loop, atol=1e-12, rtol=0)
+
+
+def test_sparse_counts_self_once():
+    """Su's Keras layer puts j = i in both parts; with identical scores the weights expose it."""
+    n, r = 12, 3
+    q = torch.zeros(1, 1, n, 2, dtype=torch.float64)
+    k = torch.zeros_like(q)
+    v = torch.eye(n, dtype=torch.float64)[None, None]  # output row = attention weights
+    w = F_.sparse_attention(q, k, v, r)[0, 0]
+    allowed = head_pattern_masks("sparse", n, 1, rate=r)[0].double()
+    torch.testing.assert_close(w, allowed / allowed.sum(-1, keepdim=True))
+
+
+def test_local_full_window_and_atrous_rate1_equal_full():
+    q, k, v, kpm, _ = _inputs(2, 3, 37, 8, torch.float64, [37, 20])
+    for causal in (False, True):
+        full = F_.full_attention(q, k, v, causal=causal, key_padding_mask=kpm)
+        loc = F_.local_attention(q, k, v, 36, causal=causal, key_padding_mask=kpm)
+        atr = F_.atrous_attention(q, k, v, 1, causal=causal, key_padding_mask=kpm)
+        torch.testing.assert_close(loc, full, atol=1e-10, rtol=0)
+        torch.testing.assert_close(atr, full, atol=1e-10, rtol=0)
+
+
+def test_window_counts_exact():
+    """Non-causal local never sees beyond +w; exactly 2w+1 keys inside, w+1 causal."""
+    n, w = 40, 4
+    q = torch.zeros(1, 1, n, 1)
+    v = torch.eye(n)[None, None]
+    weights = F_.local_attention(q, q.clone(), v, w)[0, 0]
+    counts = (weights > 0).sum(-1)
+    assert counts[w:-w].eq(2 * w + 1).all() and counts[0] == w + 1
+    assert (weights > 0).nonzero().diff(dim=1).abs().max() <= w
+    causal = (F_.local_attention(q, q.clone(), v, w, causal=True)[0, 0] > 0).sum(-1)
+    assert causal[w:].eq(w + 1).all()
+
+
+@pytest.mark.parametrize("kind,params", PATTERNS)
+def test_empty_rows_zero_no_nan(kind, params):
+    q, k, v, _, g = _inputs(2, 2, 9, 4, torch.float32)
+    kpm = torch.zeros(2, 9, dtype=torch.bool)
+    kpm[1, 8] = True  # sample 0: no valid key at all; sample 1: only the last one
+    out = attention(q, k, v, kind, causal=True, key_padding_mask=kpm, **params)
+    assert torch.isfinite(out).all() and out[0].eq(0).all()
+    grads = torch.autograd.grad((out * g).sum(), (q, k, v))
+    assert all(torch.isfinite(t).all() for t in grads)
+
+
+def test_padding_invariance_and_causality():
+    q, k, v, _, _ = _inputs(1, 2, 20, 4, torch.float64)
+    for kind, params in PATTERNS:
+        short = attention(q[:, :, :13], k[:, :, :13], v[:, :, :13], kind, **params)
+        kpm = (torch.arange(20) < 13)[None]
+        long = attention(q, k, v, kind, key_padding_mask=kpm, **params)
+        torch.testing.assert_close(long[:, :, :13], short, atol=1e-12, rtol=0)
+        base = attention(q, k, v, kind, causal=True, **params)
+        k2 = k.detach().clone()
+        k2[:, :, 10] += 1.0
+        pert = attention(q, k2, v, kind, causal=True, **params)
+        torch.testing.assert_close(pert[:, :, :10], base[:, :, :10], atol=0, rtol=0)
+
+
+def test_batch_independence():
+    q, k, v, kpm, _ = _inputs(3, 2, 25, 4, torch.float64, [25, 9, 17])
+    for kind, params in PATTERNS:
+        both = attention(q, k, v, kind, key_padding_mask=kpm, **params)
+        one = attention(q[1:2], k[1:2], v[1:2], kind, key_padding_mask=kpm[1:2], **params)
+        torch.testing.assert_close(both[1:2], one, atol=1e-12, rtol=0)
+
+
+def test_gradcheck_float64():
+    q, k, v, kpm, _ = _inputs(1, 2, 10, 3, torch.float64, [8])
+    for kind, params in [
+        ("local", {"window": 2}),
+        ("sparse", {"rate": 3}),
+        ("atrous", {"rate": 2}),
+    ]:
+        assert torch.autograd.gradcheck(
+            lambda a, b, c, kind=kind, params=params: attention(
+                a, b, c, kind, key_padding_mask=kpm, **params
+            ),
+            (q, k, v),
+        )
+
+
+def test_dropout_path_and_eval_mode():
+    q, k, v, _, g = _inputs(2, 2, 30, 4, torch.float32)
+    for kind, params in PATTERNS[1:]:
+        ev = attention(q, k, v, kind, dropout_p=0.5, training=False, **params)
+        torch.testing.assert_close(ev, attention(q, k, v, kind, **params))
+        torch.manual_seed(0)
+        tr = attention(q, k, v, kind, dropout_p=0.5, **params)
+        assert not torch.allclose(tr, ev)
+        grads = torch.autograd.grad((tr * g).sum(), (q, k, v))
+        assert all(torch.isfinite(t).all() for t in grads)
+
+
+def test_custom_scale_and_value_dim():
+    q, k, _, kpm, _ = _inputs(2, 2, 17, 4, torch.float64, [17, 5])
+    v = torch.randn(2, 2, 17, 7, dtype=torch.float64)
+    for kind, params in PATTERNS:
+        fast = attention(q, k, v, kind, scale=0.3, key_padding_mask=kpm, **params)
+        ref = attention(q, k, v, kind, impl="dense", scale=0.3, key_padding_mask=kpm, **params)
+        assert fast.shape == (2, 2, 17, 7)
+        torch.testing.assert_close(fast, ref, atol=1e-10, rtol=0)
+
+
+def test_boundary_errors():
+    q = torch.randn(1, 2, 8, 4)
+    with pytest.raises(ValueError, match="k must have shape"):
+        F_.local_attention(q, torch.randn(1, 2, 9, 4), q, 2)
+    with pytest.raises(ValueError, match="q must have shape"):
+        F_.local_attention(q[0], q[0], q[0], 2)
+    with pytest.raises(ValueError, match="key_padding_mask must have shape"):
+        F_.local_attention(q, q, q, 2, key_padding_mask=torch.ones(1, 7, dtype=torch.bool))
+    with pytest.raises(TypeError, match="key_padding_mask must be bool"):
+        F_.local_attention(q, q, q, 2, key_padding_mask=torch.ones(1, 8))
+    with pytest.raises(ValueError, match="window"):
+        F_.local_attention(q, q, q, -1)
+    with pytest.raises(ValueError, match="rate"):
+        F_.sparse_attention(q, q, q, 1)
+    with pytest.raises(ValueError, match="summary"):
+        F_.fixed_attention(q, q, q, 2, 3)
+    with pytest.raises(ValueError, match="impl"):
+        attention(q, q, q, "local", impl="nope", window=1)
+    with pytest.raises(ValueError, match="dropout_p"):
+        F_.atrous_attention(q, q, q, 2, dropout_p=1.0)
+
+
+def test_masked_attention_cross_shapes():
+    q = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    k = torch.randn(2, 3, 9, 4, dtype=torch.float64)
+    v = torch.randn(2, 3, 9, 6, dtype=torch.float64)
+    kpm = torch.arange(9)[None] < torch.tensor([9, 4])[:, None]
+    ref = masked_attention(q, k, v, key_padding_mask=kpm)
+    full = F_.full_attention(q, k, v, key_padding_mask=kpm)
+    torch.testing.assert_close(full, ref, atol=1e-10, rtol=0)
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(4)
+    s = s.masked_fill(~kpm[:, None, None], -math.inf)
+    torch.testing.assert_close(ref, torch.softmax(s, -1) @ v, atol=1e-12, rtol=0)

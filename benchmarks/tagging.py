@@ -123,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="only t=128, k=20 and t=512, k=20")
     ap.add_argument("--no-struct", action="store_true", help="skip torch-struct (slow)")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (1 is steadier on a busy machine)"
+    )
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     b = args.batch
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(

@@ -14,10 +14,22 @@ from kexue.attention.functional import (
     sparse_attention,
     strided_attention,
 )
+from kexue.attention.layers import KVCache, MultiHeadCrossAttention, MultiHeadSelfAttention
 from kexue.attention.patterns import KINDS, draw_pattern, head_pattern_masks, pattern_mask
+from kexue.attention.transformer import (
+    DecoderCache,
+    TransformerDecoderBlock,
+    TransformerEncoderBlock,
+)
 
 __all__ = [
     "KINDS",
+    "DecoderCache",
+    "KVCache",
+    "MultiHeadCrossAttention",
+    "MultiHeadSelfAttention",
+    "TransformerDecoderBlock",
+    "TransformerEncoderBlock",
     "atrous_attention",
     "attention",
     "draw_pattern",

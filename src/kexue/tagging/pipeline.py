@@ -175,7 +175,7 @@ def evaluate(
     """Decode ``examples`` and score them: ``{"precision", "recall", "f1", "sentences_per_s", ...}``.
 
     ``task="cws"``: SIGHAN-style word P/R/F1 (words from BMES tags, a word starts at B or S);
-    ``task="ner"``: strict entity-level P/R/F1 (seqeval ``mode="strict"``).
+    ``task="ner"``: strict entity-level P/R/F1 (seqeval ``mode="strict"``) in the tagger's scheme.
     """
     t0 = time.perf_counter()
     pred = tagger.predict([c for c, _ in examples], batch_size=batch_size)
@@ -188,7 +188,8 @@ def evaluate(
             [tags_to_words(c, p) for c, p in zip(chars, pred)],
         )
     else:
-        scores = entity_prf(gold, pred, "BIO", strict=True)
+        scheme = tagger.config.get("scheme") or "BIO"
+        scores = entity_prf(gold, pred, scheme, strict=True)
     n_chars = sum(len(c) for c, _ in examples)
     scores.update(decode_seconds=secs, sentences_per_s=len(examples) / max(secs, 1e-9))
     scores.update(chars_per_s=n_chars / max(secs, 1e-9))

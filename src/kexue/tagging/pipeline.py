@@ -73,14 +73,25 @@ def build_vocab(examples: Sequence[Example], min_freq: int = 1) -> list[str]:
     return [PAD, UNK] + [c for c in ranked if counts[c] >= min_freq and c not in (PAD, UNK)]
 
 
+def detect_scheme(examples: Sequence[Example]) -> str:
+    """``"BIOES"`` if any tag starts with ``E-``/``S-``, else ``"BIO"``; ``ValueError`` on others."""
+    prefixes = {t.split("-", 1)[0] if "-" in t else t for _, tags in examples for t in tags}
+    if not prefixes <= set("BIOES"):
+        bad = sorted(prefixes - set("BIOES"))[:5]
+        raise ValueError(f"tags must be BIO or BIOES (O, B-X, I-X, E-X, S-X), found prefixes {bad}")
+    return "BIOES" if prefixes & {"E", "S"} else "BIO"
+
+
 def new_tagger(
     examples: Sequence[Example], task: str, *, min_freq: int = 1, **kwargs: Any
 ) -> Tagger:
-    """A fresh :class:`Tagger` for ``task`` (``"cws"``: BMES, ``"ner"``: BIO over the labels seen)."""
+    """A fresh :class:`Tagger` for ``task`` (``"cws"``: BMES; ``"ner"``: BIO or BIOES over the
+    labels seen in ``examples``)."""
     if task == "cws":
         tags, scheme = tag_set("BMES"), "BMES"
     elif task == "ner":
-        tags, scheme = tag_set("BIO", entity_labels(examples)), "BIO"
+        scheme = detect_scheme(examples)
+        tags = tag_set(scheme, entity_labels(examples))
     else:
         raise ValueError(f"task must be 'cws' or 'ner', got {task!r}")
     kwargs.setdefault("scheme", scheme)

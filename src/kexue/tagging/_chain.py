@@ -126,7 +126,13 @@ class LogPartition(torch.autograd.Function):
 
 
 def log_partition(emissions: Tensor, transitions: Tensor, mask: Tensor) -> Tensor:
-    """Fast $\\log Z$ ``(b,)`` (custom backward); falls back to the reference if exp space fails."""
+    """Fast $\\log Z$ ``(b,)`` (custom backward); falls back to the reference if exp space fails.
+
+    Half-precision inputs (e.g. under bf16 autocast) are computed in float32.
+    """
+    if emissions.dtype in (torch.float16, torch.bfloat16):
+        emissions = emissions.float()
+    transitions = transitions.to(emissions.dtype)
     log_z = LogPartition.apply(emissions, transitions, mask)
     if not bool(torch.isfinite(log_z).all()):
         return log_partition_reference(emissions, transitions, mask)

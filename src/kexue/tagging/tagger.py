@@ -119,6 +119,7 @@ class Tagger(nn.Module):
 
     @property
     def head_name(self) -> str:
+        """``"softmax"``, ``"crf"``, ``"memm"`` or ``"bimemm"``."""
         return self.config["head"]
 
     # -- text <-> tensors ---------------------------------------------------------------------

@@ -47,10 +47,13 @@ class TilePlan:
     """How query blocks meet key tiles (see the module docstring).
 
     Attributes:
-        block: query block size ``B``; the (padded) query length is ``tiles * B``.
+        block: query block size ``B``; queries are virtually zero-padded to ``tiles * B``.
         tiles: number of query blocks ``C``.
-        key_len: (padded) key length ``N_k``; band: ``(tiles + left + right) * B``.
-        key_valid: ``(b, g, N_k)`` bool, ``g`` = 1 or the head count; False = padding.
+        n_q: number of (real) query rows.
+        n_k: number of (real) key rows.
+        key_len: keys in tile coordinates: band ``(tiles + left + right) * B`` (real key ``j``
+            sits at ``j + left * B``, the rest is virtual zero padding, never copied), full ``n_k``.
+        key_valid: ``(b, g, key_len)`` bool, ``g`` = 1 or the head count; False = padding.
         full: layout "full" (all keys per tile) instead of "band".
         left: band: number of key blocks before the query block.
         right: band: number of key blocks after it.
@@ -61,6 +64,8 @@ class TilePlan:
 
     block: int
     tiles: int
+    n_q: int
+    n_k: int
     key_len: int
     key_valid: torch.Tensor
     full: bool = False
@@ -97,25 +102,38 @@ class TilePlan:
 
     # --- tiles ---------------------------------------------------------------------------
     def q_tile(self, x: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
-        """``(b, h, N_q, *)`` -> ``(b, h, c, B, *)`` query rows of blocks ``c0..c1``."""
-        return x[:, :, c0 * self.block : c1 * self.block].unflatten(2, (c1 - c0, self.block))
+        """``(b, h, n_q, *)`` -> ``(b, h, c, B, *)`` query rows of blocks ``c0..c1`` (zero rows
+        past ``n_q``)."""
+        return _rows(x, c0 * self.block, c1 * self.block).unflatten(2, (c1 - c0, self.block))
+
+    def put_q(self, dst: torch.Tensor, val: torch.Tensor, c0: int, c1: int) -> None:
+        """Write per-tile rows ``val (b, h, c, B, *)`` into ``dst (b, h, n_q, *)`` (drop padding)."""
+        lo = c0 * self.block
+        hi = min(c1 * self.block, self.n_q)
+        dst[:, :, lo:hi].copy_(val.flatten(2, 3)[:, :, : hi - lo])
 
     def k_tile_t(self, x: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
-        """Keys transposed per tile: band ``(b, h, c, e, T)``, full ``(b, h, 1, e, N_k)``."""
+        """Keys transposed per tile: band ``(b, h, c, e, T)``, full ``(b, h, 1, e, n_k)``."""
         if self.full:
             return x.transpose(-1, -2).unsqueeze(2)
-        span = x[:, :, c0 * self.block : (c1 + self.left + self.right) * self.block]
+        span = _rows(x, (c0 - self.left) * self.block, (c1 + self.right) * self.block)
         return span.unfold(2, self.tile_keys, self.block)
 
     def add_k(self, dst: torch.Tensor, g: torch.Tensor, c0: int, c1: int) -> None:
-        """Scatter-add a per-tile key gradient ``(b, h, c, T, e)`` into ``dst (b, h, N_k, e)``."""
+        """Scatter-add a per-tile key gradient ``(b, h, c, T, e)`` into ``dst (b, h, n_k, e)``."""
         if self.full:
             dst.add_(g.sum(2))
             return
         b, h, c, _, e = g.shape
+        blk = self.block
         for s in range(self.left + self.right + 1):
-            rows = dst[:, :, (c0 + s) * self.block : (c1 + s) * self.block]
-            rows.view(b, h, c, self.block, e).add_(g[..., s * self.block : (s + 1) * self.block, :])
+            gs = g[..., s * blk : (s + 1) * blk, :]  # keys of block c + s - left, (b, h, c, B, e)
+            lo, hi = (c0 + s - self.left) * blk, (c1 + s - self.left) * blk
+            a, z = max(lo, 0), min(hi, self.n_k)
+            if a == lo and z == hi:
+                dst[:, :, lo:hi].view(b, h, c, blk, e).add_(gs)
+            elif a < z:
+                dst[:, :, a:z].add_(gs.reshape(b, h, c * blk, e)[:, :, a - lo : z - lo])
 
     def masked(self, c0: int, c1: int) -> torch.Tensor | None:
         """Bool mask (True = *not* allowed) broadcastable to the score chunk ``(b, h, c, B, T)``."""
@@ -133,6 +151,19 @@ class TilePlan:
         if extra is None:
             return None if bool(ok.all()) else ~ok
         return torch.logical_and(ok, extra).logical_not_()
+
+
+def _rows(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows ``lo..hi`` of dim 2 of ``x`` (``(b, h, n, *)``), zeros outside ``[0, n)``; a view when
+    inside (no copy of the whole sequence for padding)."""
+    n = x.shape[2]
+    if lo >= 0 and hi <= n:
+        return x[:, :, lo:hi]
+    if hi <= 0 or lo >= n:
+        return x.new_zeros(*x.shape[:2], hi - lo, *x.shape[3:])
+    a, z = max(lo, 0), min(hi, n)
+    pad = (a - lo, hi - z) if x.dim() == 3 else (0, 0, a - lo, hi - z)
+    return F.pad(x[:, :, a:z], pad)
 
 
 def _masked_scores(
@@ -172,8 +203,8 @@ def _forward_no_grad(plan: TilePlan, q, k, v, scale):
         p = s.sub_(mx).exp_()  # unnormalised probabilities, 0 where masked
         tot = p.sum(-1, keepdim=True)
         o = _tmm(p, _v_tile(pl, v[:, hs], c0, c1))
-        pl.q_tile(out[:, hs], c0, c1).copy_(o.div_(tot.clamp_min(tiny)))
-        pl.q_tile(lse[:, hs], c0, c1).copy_((tot.log_() + mx).squeeze(-1))  # -inf: no key
+        pl.put_q(out[:, hs], o.div_(tot.clamp_min(tiny)), c0, c1)
+        pl.put_q(lse[:, hs], (tot.log_() + mx).squeeze(-1), c0, c1)  # -inf: no allowed key
     return out, lse
 
 
@@ -212,7 +243,7 @@ class _TileAttention(torch.autograd.Function):
             ds = _tmm(do, pl.k_tile_t(v[:, hs], c0, c1))  # dP = dO V^T
             ds.sub_(pl.q_tile(delta[:, hs], c0, c1).unsqueeze(-1)).mul_(p)  # dS = P (dP - D + dl)
             kt = pl.k_tile_t(k[:, hs], c0, c1).transpose(-1, -2)  # (b, h, c|1, T, e)
-            pl.q_tile(dq[:, hs], c0, c1).copy_(_tmm(ds, kt).mul_(scale))  # dQ = alpha dS K
+            pl.put_q(dq[:, hs], _tmm(ds, kt).mul_(scale), c0, c1)  # dQ = alpha dS K
             _acc_keys(pl, dk[:, hs], ds, qs, c0, c1)  # dK += dS^T (alpha Q)
         return dq, dk, dv, None, None
 
@@ -236,8 +267,8 @@ def _forward_autograd(plan: TilePlan, q, k, v, scale, dropout_p):
             rows_l.append([])
         rows_o[-1].append(_tmm(p, _v_tile(pl, v[:, hs], c0, c1)).flatten(2, 3))
         rows_l[-1].append(lse.flatten(2, 3))
-    out = torch.cat([torch.cat(r, 2) for r in rows_o], 1)
-    return out, torch.cat([torch.cat(r, 2) for r in rows_l], 1)
+    out = torch.cat([torch.cat(r, 2) for r in rows_o], 1)[:, :, : plan.n_q]
+    return out, torch.cat([torch.cat(r, 2) for r in rows_l], 1)[:, :, : plan.n_q]
 
 
 def tile_attention(
@@ -252,17 +283,17 @@ def tile_attention(
 
     Args:
         plan: the tile layout.
-        q: ``(b, h, tiles * B, e)`` padded queries.
-        k: ``(b, h, N_k, e)`` padded keys.
-        v: ``(b, h, N_k, e_v)`` padded values.
+        q: ``(b, h, n_q, e)`` queries.
+        k: ``(b, h, n_k, e)`` keys.
+        v: ``(b, h, n_k, e_v)`` values.
         scale: score scale :math:`\\alpha`.
         dropout_p: attention dropout (switches to the autograd path when > 0).
 
     Returns:
-        ``out (b, h, tiles * B, e_v)`` (zeros for rows with no allowed key) and
-        ``lse (b, h, tiles * B)`` (``-inf`` for those rows).
+        ``out (b, h, n_q, e_v)`` (zeros for rows with no allowed key) and
+        ``lse (b, h, n_q)`` (``-inf`` for those rows).
     """
-    assert q.shape[2] == plan.tiles * plan.block and k.shape[2] == plan.key_len
+    assert q.shape[2] == plan.n_q and k.shape[2] == plan.n_k
     if dropout_p > 0:
         return _forward_autograd(plan, q, k, v, scale, dropout_p)
     return _TileAttention.apply(q, k, v, plan, scale)

@@ -193,19 +193,15 @@ def _band(
     tiles = -(-n // block)
     left, right = min(left, tiles - 1), min(right, tiles - 1)
     pad = tiles * block - n
-    qp = _pad_seq(q, 0, pad)
-    kp = _pad_seq(k, left * block, pad + right * block)
-    vp = _pad_seq(v, left * block, pad + right * block)
-    kv = F.pad(key_valid, (left * block, pad + right * block), value=False)
+    kv = F.pad(key_valid, (left * block, pad + right * block), value=False)  # tile coordinates
     t = (left + right + 1) * block
     qpos = torch.arange(block, device=q.device) + left * block  # a representative tile
     static_ok = ok_fn(qpos[:, None], torch.arange(t, device=q.device)[None, :])
     plan = TilePlan(
-        block=block, tiles=tiles, key_len=kp.shape[2], key_valid=kv, left=left, right=right,
-        static_ok=None if bool(static_ok.all()) else static_ok,
+        block=block, tiles=tiles, n_q=n, n_k=n, key_len=kv.shape[-1], key_valid=kv, left=left,
+        right=right, static_ok=None if bool(static_ok.all()) else static_ok,
     )  # fmt: skip
-    out, lse = tile_attention(plan, qp, kp, vp, scale, dropout_p)
-    return out[:, :, :n], lse[:, :, :n]
+    return tile_attention(plan, q, k, v, scale, dropout_p)
 
 
 def _dense_tiles(
@@ -216,13 +212,11 @@ def _dense_tiles(
     n = q.shape[2]
     block = max(1, min(block, n))
     tiles = -(-n // block)
-    qp = _pad_seq(q, 0, tiles * block - n)
     plan = TilePlan(
-        block=block, tiles=tiles, key_len=k.shape[2], key_valid=key_valid, full=True, pred=pred,
-        kpos=kpos,
+        block=block, tiles=tiles, n_q=n, n_k=k.shape[2], key_len=k.shape[2], key_valid=key_valid,
+        full=True, pred=pred, kpos=kpos,
     )  # fmt: skip
-    out, lse = tile_attention(plan, qp, k, v, scale, dropout_p)
-    return out[:, :, :n], lse[:, :, :n]
+    return tile_attention(plan, q, k, v, scale, dropout_p)
 
 
 def _default_block(window: int, n: int) -> int:

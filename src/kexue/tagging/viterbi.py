@@ -41,8 +41,9 @@ def _column(pairwise: Tensor, step: int, tag: Tensor) -> Tensor:
 def viterbi_decode(emissions: Tensor, pairwise: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Best path of every sequence in a batch.
 
-    The forward pass keeps only $\\delta$ (``amax`` is about twice as fast as ``max`` with
-    indices on CPU); the back-trace recomputes $\\arg\\max_i(\\delta_{k-1}(i)+g(i,y_k))$ for the
+    The forward pass keeps only $\\delta$ (``amax`` over the outermost dimension of a
+    ``(k_prev, b, k_next)`` tensor is ~3x faster on CPU than ``max`` with indices over the middle
+    one); the back-trace recomputes $\\arg\\max_i(\\delta_{k-1}(i)+g(i,y_k))$ for the
     chosen tag only, from the same numbers, so it equals stored back-pointers exactly.
 
     Args:
@@ -58,9 +59,15 @@ def viterbi_decode(emissions: Tensor, pairwise: Tensor, mask: Tensor) -> tuple[T
     b, t, k = emissions.shape
     delta = emissions[:, 0]  # (b, k)
     deltas: list[Tensor] = [delta]
+    # previous tag outermost: (k_prev, b, k_next) makes the max a fast reduction over dim 0
+    if pairwise.dim() == 2:
+        pw = pairwise.unsqueeze(1)  # (k, 1, k)
+    else:
+        pw = pairwise.permute(1, 2, 0, 3).contiguous()  # (t, k_prev, b, k_next)
     for step in range(1, t):
+        g = pw if pairwise.dim() == 2 else pw[step]
         # max_i (delta_{k-1}(i) + g(i, j)), taken over the previous tag i
-        best = (delta.unsqueeze(2) + _pairwise_at(pairwise, step)).amax(dim=1)  # (b, k)
+        best = (delta.t().contiguous().unsqueeze(2) + g).amax(dim=0)  # (b, k)
         delta = torch.where(mask[:, step].unsqueeze(1), best + emissions[:, step], delta)
         deltas.append(delta)
     scores, last = delta.max(dim=1)  # (b,)

@@ -63,13 +63,17 @@ def _forward_exp(emissions: Tensor, transitions: Tensor, mask: Tensor):
     s[:, 0] = s0
     cur = q / s0.unsqueeze(1)
     p[:, 0] = cur
+    full = int(mask.sum(1).min()) if b else t  # steps valid in every row: no masking needed
+    off = ~mask
     for step in range(1, t):
         q = (cur @ e) * ef[:, step]  # (b, k): sum_i p(i) G(i, j) H(j)
         z = q.sum(1)
-        on = mask[:, step]
-        z = torch.where(on, z, torch.ones_like(z))
+        if step < full:
+            cur = q / z.unsqueeze(1)
+        else:
+            z = z.masked_fill(off[:, step], 1.0)
+            cur = torch.where(mask[:, step].unsqueeze(1), q / z.unsqueeze(1), cur)
         s[:, step] = z
-        cur = torch.where(on.unsqueeze(1), q / z.unsqueeze(1), cur)
         p[:, step] = cur
     shift = (fm.squeeze(2) + c) * mask
     shift[:, 0] = fm[:, 0, 0]
@@ -88,11 +92,13 @@ def _marginal_grads(
     r = torch.empty_like(p)  # beta_s normalised to sum 1
     cur = torch.ones(b, k, dtype=p.dtype, device=p.device) / k
     r[:, t - 1] = cur
+    full = int(mask.sum(1).min()) if b else t
+    e_t = e.T.contiguous()
     for step in range(t - 1, 0, -1):
         # beta_{s-1}(i) = sum_j G(i, j) H_s(j) beta_s(j)
-        v = (ef[:, step] * cur) @ e.T
+        v = (ef[:, step] * cur) @ e_t
         v = v / v.sum(1, keepdim=True)
-        cur = torch.where(mask[:, step].unsqueeze(1), v, cur)
+        cur = v if step < full else torch.where(mask[:, step].unsqueeze(1), v, cur)
         r[:, step - 1] = cur
     unary = p * r
     unary = unary / unary.sum(2, keepdim=True)

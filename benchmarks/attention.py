@@ -1,0 +1,104 @@
+"""Sparse attention vs SDPA (and FlexAttention) on CPU: fwd / fwd+bwd time and peak extra memory.
+
+One run, one table (markdown), b=1, h=8, e=64, fp32. Methods: SDPA full, SDPA with a dense bool
+local mask, our blocked local(64) / atrous(128) / atrous(n/128) / sparse(128), and compiled
+FlexAttention with a sliding-window block mask (forward only: no CPU backward) where it compiles.
+Then the issue's targets at the largest n are checked and printed. Not a test.
+
+    .venv/bin/python benchmarks/attention.py [--sizes 1024 2048 4096 8192 16384] [--threads 2]
+        [--no-flex] [--flex-sizes 16384] [--no-memory]
+
+Memory method: see kexue.attention.bench (resident-set peak during one fwd+bwd, glibc mmap
+threshold lowered so freed tensors return to the OS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import time
+
+import torch
+
+from kexue.attention.bench import default_methods, flex_method, markdown_table, run_benchmark
+
+
+def _get(rows, method, n, key="fwd_bwd_s"):
+    for r in rows:
+        if r["method"] == method and r["n"] == n and not r["error"]:
+            return r[key]
+    return math.nan
+
+
+def targets(rows, n: int, n_half: int) -> list[str]:
+    """The issue's targets, checked on this run's numbers."""
+    full = _get(rows, "SDPA full", n)
+    out = []
+
+    def line(name, value, ok):
+        status = "n/a" if value != value else ("MET" if ok else "MISSED")
+        out.append(f"- {name}: {value:.2f} -> {status}")
+
+    line("local(64) fwd+bwd speed-up vs SDPA full (>= 20)", full / _get(rows, "local(64)", n),
+         full / _get(rows, "local(64)", n) >= 20)  # fmt: skip
+    sp = full / _get(rows, "sparse(128)", n)
+    line("sparse(128) fwd+bwd speed-up vs SDPA full (>= 10)", sp, sp >= 10)
+    flex = _get(rows, "FlexAttention local(64) compiled", n, "fwd_s")
+    fl = flex / _get(rows, "local(64)", n, "fwd_s")
+    line("local(64) fwd speed-up vs compiled FlexAttention fwd (>= 1.5)", fl, fl >= 1.5)
+    for name in ("local(64)", "atrous(128)", "atrous(n/128)"):
+        r = _get(rows, name, n) / _get(rows, name, n_half)
+        line(f"{name} time ratio n={n}/n={n_half} (<= 2.2)", r, r <= 2.2)
+    mem_l = _get(rows, "local(64)", n, "peak_mib") or math.nan
+    mem_f = _get(rows, "SDPA full", n, "peak_mib") or math.nan
+    line("local(64) peak extra MiB / SDPA full's (<= 1)", mem_l / mem_f, mem_l <= mem_f)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-flex", action="store_true")
+    p.add_argument("--flex-sizes", type=int, nargs="+", default=None, help="default: largest n")
+    p.add_argument("--no-memory", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    rows = run_benchmark(
+        args.sizes, default_methods(), repeats=args.repeats, memory=False, progress=print
+    )
+    if not args.no_flex:
+        try:
+            rows += run_benchmark(
+                args.flex_sizes or [max(args.sizes)], [flex_method()], memory=False, progress=print
+            )
+        except Exception as exc:  # noqa: BLE001 - FlexAttention needs a working inductor/C compiler
+            print(f"FlexAttention unavailable: {type(exc).__name__}: {exc}")
+    if not args.no_memory:  # second phase (changes malloc settings): every method, same inputs
+        from kexue.attention.bench import peak_extra_mib
+
+        methods = {m.name: m for m in default_methods()}
+        for r in rows:
+            m = methods.get(r["method"])
+            if m is not None and not r["error"]:
+                r["peak_mib"] = peak_extra_mib(m.build(r["n"]), r["n"])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print()
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, load avg {load:.1f}, "
+        f"b=1 h=8 e=64 fp32, total {time.time() - t0:.0f} s"
+    )
+    print(markdown_table(rows))
+    n = max(args.sizes)
+    print()
+    print(f"Targets at n={n}:")
+    print("\n".join(targets(rows, n, n // 2)))
+
+
+if __name__ == "__main__":
+    main()

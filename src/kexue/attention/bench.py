@@ -1,0 +1,269 @@
+r"""Time and peak extra memory of attention implementations vs sequence length (CPU).
+
+Used by ``benchmarks/attention.py`` (the table) and the ``sparse-attention`` experiment (plots).
+Cost model being checked (Su 2019, Child et al. 2019): full attention is :math:`O(n^2 e)`, local
+:math:`O(n w e)`, atrous :math:`O(n^2 e / r)`, sparse :math:`O(n (n / r + w) e)`.
+
+Measurement, honestly stated:
+
+* **time**: wall clock (``time.perf_counter``), best of ``repeats``, of one forward and of one
+  forward + backward (``out.backward(grad)``) on ``(b, h, n, e)`` fp32 tensors;
+* **peak extra memory**: increase of the process's resident set (``VmHWM`` after resetting it
+  through ``/proc/self/clear_refs``, minus ``VmRSS`` before) during one forward + backward,
+  measured in a second phase with glibc's mmap threshold lowered to 64 KiB (and ``malloc_trim``)
+  so freed tensors go back to the OS instead of hiding in the heap. It includes the output and the
+  ``q, k, v`` gradients; inputs and precomputed masks are allocated before the baseline. ``None``
+  where ``/proc`` or glibc is unavailable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kexue.attention.functional import atrous_attention, local_attention, sparse_attention
+from kexue.attention.patterns import pattern_mask
+
+AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One implementation to benchmark.
+
+    Attributes:
+        name: table label.
+        build: ``build(n) -> fn(q, k, v)`` (precomputes masks outside the timed region).
+        backward: whether fwd+bwd is measured (FlexAttention has no CPU backward).
+    """
+
+    name: str
+    build: Callable[[int], AttnFn]
+    backward: bool = True
+
+
+def default_methods(window: int = 64, rate: int = 128, keys: int = 128) -> list[Method]:
+    """SDPA full, SDPA + dense local mask, our local/atrous/sparse (atrous twice: fixed ``rate``
+    and ``rate = n / keys``, i.e. a constant ``keys`` per query)."""
+
+    def sdpa_mask(n: int) -> AttnFn:
+        mask = pattern_mask("local", n, window=window)
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    return [
+        Method("SDPA full", lambda n: lambda q, k, v: F.scaled_dot_product_attention(q, k, v)),
+        Method(f"SDPA + dense local({window}) mask", sdpa_mask),
+        Method(f"local({window})", lambda n: lambda q, k, v: local_attention(q, k, v, window)),
+        Method(f"atrous({rate})", lambda n: lambda q, k, v: atrous_attention(q, k, v, rate)),
+        Method(
+            f"atrous(n/{keys})",
+            lambda n: lambda q, k, v: atrous_attention(q, k, v, max(1, n // keys)),
+        ),
+        Method(f"sparse({rate})", lambda n: lambda q, k, v: sparse_attention(q, k, v, rate)),
+    ]
+
+
+def flex_method(window: int = 64) -> Method:
+    """Compiled FlexAttention with a sliding-window block mask (forward only on CPU); the
+    ``create_block_mask`` and compile times are stored on the returned function's ``setup_s``."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    compiled = torch.compile(flex_attention)
+
+    def build(n: int) -> AttnFn:
+        t0 = time.perf_counter()
+        bm = create_block_mask(
+            lambda b, h, i, j: (i - j).abs() <= window, None, None, n, n, device="cpu"
+        )
+
+        def fn(q, k, v):
+            return compiled(q, k, v, block_mask=bm)
+
+        fn.setup_s = time.perf_counter() - t0  # type: ignore[attr-defined]
+        return fn
+
+    return Method(f"FlexAttention local({window}) compiled", build, backward=False)
+
+
+def _inputs(n: int, b: int, h: int, e: int, grad: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, n, e, generator=g).requires_grad_(grad) for _ in range(3))
+    return q, k, v, torch.randn(b, h, n, e, generator=g)
+
+
+def _run(fn: AttnFn, q, k, v, grad_out, backward: bool) -> None:
+    if backward:
+        fn(q, k, v).backward(grad_out)
+        q.grad = k.grad = v.grad = None
+    else:
+        with torch.no_grad():
+            fn(q, k, v)
+
+
+def time_method(
+    fn: AttnFn,
+    n: int,
+    *,
+    b: int = 1,
+    h: int = 8,
+    e: int = 64,
+    repeats: int = 2,
+    backward: bool = True,
+) -> dict[str, float]:
+    """Best-of-``repeats`` wall-clock seconds of forward (``fwd_s``) and forward+backward
+    (``fwd_bwd_s``, NaN if ``backward`` is False) on ``(b, h, n, e)`` inputs."""
+    q, k, v, go = _inputs(n, b, h, e, backward)
+    t0 = time.perf_counter()
+    _run(fn, q, k, v, go, False)  # warm-up (and compile, for FlexAttention)
+    warmup = time.perf_counter() - t0
+    fwd = bwd = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _run(fn, q, k, v, go, False)
+        fwd = min(fwd, time.perf_counter() - t0)
+        if backward:
+            t0 = time.perf_counter()
+            _run(fn, q, k, v, go, True)
+            bwd = min(bwd, time.perf_counter() - t0)
+    return {"fwd_s": fwd, "fwd_bwd_s": bwd if backward else math.nan, "warmup_s": warmup}
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def peak_extra_mib(
+    fn: AttnFn, n: int, *, b: int = 1, h: int = 8, e: int = 64, backward: bool = True
+) -> float | None:
+    """Peak resident-memory increase (MiB) during one forward(+backward); see the module doc.
+
+    Lowers glibc's mmap threshold for the rest of the process: call after all timings.
+    """
+    libc = _libc()
+    try:
+        _status("VmHWM:")
+    except (OSError, KeyError):
+        return None
+    if libc is None:
+        return None
+    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: large blocks are mmapped, freed to the OS
+    q, k, v, go = _inputs(n, b, h, e, backward)
+    gc.collect()
+    libc.malloc_trim(0)
+    base = _status("VmRSS:")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+    except OSError:
+        return None
+    _run(fn, q, k, v, go, backward)
+    return (_status("VmHWM:") - base) / 2**20
+
+
+def run_benchmark(
+    sizes: list[int],
+    methods: list[Method],
+    *,
+    b: int = 1,
+    h: int = 8,
+    e: int = 64,
+    repeats: int = 2,
+    memory: bool = True,
+    skip_slow_s: float = 120.0,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Time every method at every size, then (second phase) measure peak memory.
+
+    Args:
+        sizes: sequence lengths ``n``.
+        methods: what to run.
+        b: batch.
+        h: heads.
+        e: head dim.
+        repeats: best-of repeats for time (1 when one run took > 5 s).
+        memory: also measure peak extra memory.
+        skip_slow_s: skip larger sizes of a method once one fwd+bwd exceeds this.
+        progress: called with a line per measurement.
+
+    Returns:
+        Rows ``{"method", "n", "fwd_s", "fwd_bwd_s", "warmup_s", "setup_s", "peak_mib", "error"}``
+        (NaN/None if
+        skipped or failed; ``error`` holds the exception text).
+    """
+    rows, built = [], {}
+    for m in methods:
+        slow = False
+        for n in sizes:
+            row = {"method": m.name, "n": n, "fwd_s": math.nan, "fwd_bwd_s": math.nan}
+            row.update(setup_s=math.nan, peak_mib=None, error=None)
+            rows.append(row)
+            if slow:
+                row["error"] = "skipped (too slow)"
+                continue
+            try:
+                fn = m.build(n)
+                built[(m.name, n)] = fn
+                reps = repeats if n <= 4096 else 1
+                row.update(time_method(fn, n, b=b, h=h, e=e, repeats=reps, backward=m.backward))
+                if hasattr(fn, "setup_s"):  # mask construction + compile (first call)
+                    row["setup_s"] = fn.setup_s + row["warmup_s"] - row["fwd_s"]
+                slow = max(row["fwd_s"], row["fwd_bwd_s"] if m.backward else 0) > skip_slow_s
+            except Exception as exc:  # noqa: BLE001 - report in the table, keep going
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+            if progress:
+                progress(
+                    f"{m.name:<40} n={n:<6} fwd {row['fwd_s']:.3f}s fwd+bwd {row['fwd_bwd_s']:.3f}s"
+                )
+    if memory:
+        for row in rows:
+            fn = built.get((row["method"], row["n"]))
+            if fn is None or row["error"]:
+                continue
+            m = next(x for x in methods if x.name == row["method"])
+            row["peak_mib"] = peak_extra_mib(fn, row["n"], b=b, h=h, e=e, backward=m.backward)
+            if progress:
+                progress(f"{row['method']:<40} n={row['n']:<6} peak extra {row['peak_mib']} MiB")
+    return rows
+
+
+def markdown_table(rows: list[dict], reference: str = "SDPA full") -> str:
+    """One markdown table: fwd, fwd+bwd, speed-up of fwd+bwd vs ``reference``, peak MiB."""
+    ref = {r["n"]: r["fwd_bwd_s"] for r in rows if r["method"] == reference}
+    out = [
+        "| method | n | fwd (ms) | fwd+bwd (ms) | speed-up vs "
+        + reference
+        + " | peak extra (MiB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["error"]:
+            out.append(f"| {r['method']} | {r['n']} | {r['error']} | | | |")
+            continue
+        fb = r["fwd_bwd_s"]
+        sp = ref.get(r["n"], math.nan) / fb if fb == fb and fb > 0 else math.nan
+        setup = f" (+{r['setup_s']:.1f} s mask+compile)" if r["setup_s"] == r["setup_s"] else ""
+        mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+        out.append(
+            f"| {r['method']} | {r['n']} | {r['fwd_s'] * 1e3:.1f}{setup} | "
+            + ("n/a" if fb != fb else f"{fb * 1e3:.1f}")
+            + f" | {'n/a' if sp != sp else f'{sp:.1f}x'} | {mem} |"
+        )
+    return "\n".join(out)

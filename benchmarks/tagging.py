@@ -124,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-struct", action="store_true", help="skip torch-struct (slow)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (1 is steadier on a busy machine)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (1 is steadier on a busy machine)",
     )
     args = ap.parse_args(argv)
     if args.threads:

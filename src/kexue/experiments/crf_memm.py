@@ -65,7 +65,7 @@ PRESETS = {
         batch_size=16,
     ),
     "quick": Config(
-        embed_dim=64, hidden_dim=64, epochs=2, max_len=64, max_train=2000, max_test=500
+        embed_dim=64, hidden_dim=64, epochs=4, lr=5e-3, max_len=64, max_train=1500, max_test=400
     ),
     "full": Config(),
 }

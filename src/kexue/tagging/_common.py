@@ -80,8 +80,7 @@ def check_inputs(
         check_shape(tags, "tags", (b, t))
         if tags.is_floating_point() or tags.dtype == torch.bool:
             raise ValueError(f"tags must be an integer tensor, got {tags.dtype}")
-        valid = tags[mask]
-        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= k):
+        if bool((((tags < 0) | (tags >= k)) & mask).any()):
             raise ValueError(f"tags must lie in [0, {k}) at valid positions")
     return mask
 

@@ -66,28 +66,27 @@ class LocalNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, emissions, table, context, tags, weight, scale):  # noqa: D102
-        logits = emissions + table[context]  # (b, t, k)
+        b, t, k = emissions.shape
+        rows = table.index_select(0, context.reshape(-1)).view(b, t, k)  # g(c_s, .)
+        logits = emissions + rows
         if scale is not None:
             logits = logits * scale.unsqueeze(2)
-        m = logits.amax(dim=2, keepdim=True)
-        p = (logits - m).exp_()
-        total = p.sum(dim=2, keepdim=True)
-        p.div_(total)  # softmax, kept for backward
-        lse = m.squeeze(2) + total.squeeze(2).log()
-        gold = logits.gather(2, tags.unsqueeze(2)).squeeze(2)
-        ctx.save_for_backward(p, context, tags, weight, scale)
+        logp = F.log_softmax(logits, dim=2)  # one fused kernel; exp(logp) is the gradient's softmax
+        gold = logp.gather(2, tags.unsqueeze(2)).squeeze(2)
+        ctx.save_for_backward(logp, context, tags, weight, scale)
         ctx.table_rows = table.shape[0]
-        return ((lse - gold) * weight).sum(1)
+        return -(gold * weight).sum(1)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        p, context, tags, weight, scale = ctx.saved_tensors
+        logp, context, tags, weight, scale = ctx.saved_tensors
         w = (weight * grad.unsqueeze(1)).unsqueeze(2)  # (b, t, 1)
-        d = p * w
-        d.scatter_add_(2, tags.unsqueeze(2), -w)
+        d = logp.exp()  # softmax
+        d.scatter_add_(2, tags.unsqueeze(2), torch.full_like(w, -1.0).expand_as(tags.unsqueeze(2)))
+        d.mul_(w)
         if scale is not None:
-            d = d * scale.unsqueeze(2)
-        k = p.shape[2]
+            d.mul_(scale.unsqueeze(2))
+        k = d.shape[2]
         d_table = torch.zeros(ctx.table_rows, k, dtype=d.dtype, device=d.device)
         d_table.index_add_(0, context.reshape(-1), d.reshape(-1, k))
         return d, d_table, None, None, None, None

@@ -16,6 +16,7 @@ from kexue.tagging.schemes import (
     tags_to_words,
     words_to_tags,
 )
+from kexue.tagging.tagger import Tagger
 from kexue.tagging.viterbi import viterbi_decode, viterbi_nbest
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "MEMM",
     "BiMEMM",
     "Constraints",
+    "Tagger",
     "allowed_transitions",
     "cws_prf",
     "entity_prf",

@@ -182,7 +182,8 @@ def _bars(ax: Any, names: list[str], heads: list[str], value: Any) -> None:
     width = 0.8 / max(len(heads), 1)
     for j, h in enumerate(heads):
         xs = [i + (j - (len(heads) - 1) / 2) * width for i in range(len(names))]
-        ax.bar(xs, [value(d, h) for d in names], width, label=HEAD_NAMES[h])
+        color = f"C{HEADS.index(h)}"  # one colour per head in every panel
+        ax.bar(xs, [value(d, h) for d in names], width, label=HEAD_NAMES[h], color=color)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names)
     ax.legend(fontsize=8)

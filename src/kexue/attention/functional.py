@@ -15,8 +15,8 @@ bool with True = valid key.
 
 How each pattern avoids the :math:`n \times n` score matrix (kernel: :mod:`._tiles`):
 
-* ``local(w)``: queries in blocks of ``B ~ w``; block ``c`` is scored against key blocks
-  ``c - L .. c + R`` only (``L = R = ceil(w / B)``; ``R = 0`` when causal): :math:`O(n w)`.
+* ``local(w)``: queries in blocks of ``B`` (32); block ``c`` is scored against key blocks
+  ``c - L .. c + R`` only (``L = R = ceil(w / B)``; ``R = 0`` when causal): :math:`O(n (w + B))`.
 * ``atrous(r)``: pad ``n`` to a multiple of ``r`` and reshape ``(m r) -> r`` sequences of length
   ``m = n / r`` (one per residue class); ordinary attention inside each: :math:`O(n^2 / r)`.
 * ``sparse(r, w)``: the atrous part (which contains ``j = i``) and the local part *without* the
@@ -27,7 +27,9 @@ How each pattern avoids the :math:`n \times n` score matrix (kernel: :mod:`._til
   block-diagonal blocks of ``l`` + the ``c`` summary columns of every block.
 
 Lengths that are not multiples of a block or rate are padded internally (padding is always
-masked, unlike the original Keras code) and cropped. Deviations from Su's Keras layers (design
+masked, unlike the original Keras code) and cropped. Patterns are defined on absolute indices of
+the given tensors: with right padding (the house convention) valid tokens keep their positions;
+with left padding the residue classes shift with the padding. Deviations from Su's Keras layers (design
 note §4): the local part of sparse is not dilated and the self key is counted once.
 """
 

@@ -118,21 +118,28 @@ def time_method(
     backward: bool = True,
 ) -> dict[str, float]:
     """Best-of-``repeats`` wall-clock seconds of forward (``fwd_s``) and forward+backward
-    (``fwd_bwd_s``, NaN if ``backward`` is False) on ``(b, h, n, e)`` inputs."""
+    (``fwd_bwd_s``, NaN if ``backward`` is False) on ``(b, h, n, e)`` inputs, and the process CPU
+    seconds of those same calls (``fwd_cpu_s``, ``fwd_bwd_cpu_s``: with one thread on a busy
+    machine, CPU time is the fairer comparison)."""
     q, k, v, go = _inputs(n, b, h, e, backward)
     t0 = time.perf_counter()
     _run(fn, q, k, v, go, False)  # warm-up (and compile, for FlexAttention)
     warmup = time.perf_counter() - t0
-    fwd = bwd = math.inf
+    fwd = bwd = (math.inf, math.inf)
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _run(fn, q, k, v, go, False)
-        fwd = min(fwd, time.perf_counter() - t0)
+        fwd = min(fwd, (time.perf_counter() - t0, time.process_time() - c0))
         if backward:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             _run(fn, q, k, v, go, True)
-            bwd = min(bwd, time.perf_counter() - t0)
-    return {"fwd_s": fwd, "fwd_bwd_s": bwd if backward else math.nan, "warmup_s": warmup}
+            bwd = min(bwd, (time.perf_counter() - t0, time.process_time() - c0))
+    if not backward:
+        bwd = (math.nan, math.nan)
+    return {
+        "fwd_s": fwd[0], "fwd_bwd_s": bwd[0], "fwd_cpu_s": fwd[1], "fwd_bwd_cpu_s": bwd[1],
+        "warmup_s": warmup,
+    }  # fmt: skip
 
 
 def _libc():
@@ -213,6 +220,7 @@ def run_benchmark(
         slow = False
         for n in sizes:
             row = {"method": m.name, "n": n, "fwd_s": math.nan, "fwd_bwd_s": math.nan}
+            row.update(fwd_cpu_s=math.nan, fwd_bwd_cpu_s=math.nan)
             row.update(setup_s=math.nan, peak_mib=None, error=None)
             rows.append(row)
             if slow:
@@ -230,7 +238,9 @@ def run_benchmark(
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
             if progress:
                 progress(
-                    f"{m.name:<40} n={n:<6} fwd {row['fwd_s']:.3f}s fwd+bwd {row['fwd_bwd_s']:.3f}s"
+                    f"{m.name:<40} n={n:<6} fwd {row['fwd_s']:.3f}s fwd+bwd "
+                    f"{row['fwd_bwd_s']:.3f}s (CPU {row['fwd_cpu_s']:.3f}s / "
+                    f"{row['fwd_bwd_cpu_s']:.3f}s)"
                 )
     if memory:
         for row in rows:
@@ -245,25 +255,31 @@ def run_benchmark(
 
 
 def markdown_table(rows: list[dict], reference: str = "SDPA full") -> str:
-    """One markdown table: fwd, fwd+bwd, speed-up of fwd+bwd vs ``reference``, peak MiB."""
-    ref = {r["n"]: r["fwd_bwd_s"] for r in rows if r["method"] == reference}
+    """One markdown table: wall and CPU time of fwd and fwd+bwd, speed-ups of fwd+bwd vs
+    ``reference`` (wall, CPU), peak extra memory."""
+    ref = {r["n"]: (r["fwd_bwd_s"], r["fwd_bwd_cpu_s"]) for r in rows if r["method"] == reference}
+
+    def ms(x: float) -> str:
+        return "n/a" if x != x else f"{x * 1e3:.1f}"
+
+    def ratio(a: float, b: float) -> str:
+        return "n/a" if a != a or b != b or b <= 0 else f"{a / b:.1f}x"
+
     out = [
-        "| method | n | fwd (ms) | fwd+bwd (ms) | speed-up vs "
-        + reference
-        + " | peak extra (MiB) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | n | fwd ms | fwd CPU ms | fwd+bwd ms | fwd+bwd CPU ms | speed-up (wall) "
+        "| speed-up (CPU) | peak extra MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["error"]:
-            out.append(f"| {r['method']} | {r['n']} | {r['error']} | | | |")
+            out.append(f"| {r['method']} | {r['n']} | {r['error']} | | | | | | |")
             continue
-        fb = r["fwd_bwd_s"]
-        sp = ref.get(r["n"], math.nan) / fb if fb == fb and fb > 0 else math.nan
+        rw, rc = ref.get(r["n"], (math.nan, math.nan))
         setup = f" (+{r['setup_s']:.1f} s mask+compile)" if r["setup_s"] == r["setup_s"] else ""
         mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
         out.append(
-            f"| {r['method']} | {r['n']} | {r['fwd_s'] * 1e3:.1f}{setup} | "
-            + ("n/a" if fb != fb else f"{fb * 1e3:.1f}")
-            + f" | {'n/a' if sp != sp else f'{sp:.1f}x'} | {mem} |"
+            f"| {r['method']} | {r['n']} | {ms(r['fwd_s'])}{setup} | {ms(r['fwd_cpu_s'])} | "
+            f"{ms(r['fwd_bwd_s'])} | {ms(r['fwd_bwd_cpu_s'])} | {ratio(rw, r['fwd_bwd_s'])} | "
+            f"{ratio(rc, r['fwd_bwd_cpu_s'])} | {mem} |"
         )
     return "\n".join(out)

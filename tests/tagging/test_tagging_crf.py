@@ -324,3 +324,19 @@ def test_viterbi_scripts_and_decode_exports():
     out = exported.module()(em, mask)
     ref = dec(em, mask)
     assert torch.equal(out[0], ref[0]) and torch.allclose(out[1], ref[1])
+
+
+def test_underflowed_prefix_that_later_dominates_is_recomputed():
+    # tag 1 is 120 nats behind after step 1 (underflows in float32 exp space), but tag 2 is
+    # reachable only from tag 1 and gets +300 at step 2: the true log Z is about 180
+    crf = CRF(3)
+    with torch.no_grad():
+        crf.transitions.zero_()
+        crf.transitions[0, 2] = -1e4
+        crf.transitions[2, 2] = -1e4
+    em = torch.tensor([[[0.0, -120.0, -1e4], [0.0, 0.0, 300.0]]])
+    tags = torch.tensor([[1, 2]])
+    fast = crf.loss(em, tags, reduction="none")
+    ref = crf.loss(em.double(), tags, reduction="none", reference=True)
+    assert float(fast) >= 0
+    torch.testing.assert_close(fast.double(), ref, rtol=1e-6, atol=1e-3)

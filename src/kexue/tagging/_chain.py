@@ -13,8 +13,11 @@ $$\alpha_1=f_1,\quad \alpha_k(j)=f_k(j)+\log\sum_i e^{\alpha_{k-1}(i)+g(i,j)},\q
   forward-backward marginals, since $\partial\log Z/\partial f_k(j)=P(y_k=j)$ and
   $\partial\log Z/\partial g(i,j)=\sum_k P(y_{k-1}=i,y_k=j)$.
 
-Exp space loses states more than ~87 nats (float32) below the best prefix at a step; if that makes
-a normaliser vanish the result is non-finite and :func:`log_partition` reruns the reference path.
+Exp space loses states more than ~87-103 nats (float32) below the best prefix at a step; if that
+makes a normaliser vanish the result is non-finite and :func:`log_partition` reruns the reference
+path. A lost prefix that a later step makes dominant (it needs score gaps of ~90+ nats and
+transitions that block the other prefixes) gives a finite $\log Z$ that is too small; the CRF loss
+detects it as $\log Z<s(y)$ for the gold path and reruns the reference path too.
 Masks are right-padded prefix masks; at a padded step the state is carried unchanged.
 """
 

@@ -327,16 +327,24 @@ def test_viterbi_scripts_and_decode_exports():
 
 
 def test_underflowed_prefix_that_later_dominates_is_recomputed():
-    # tag 1 is 120 nats behind after step 1 (underflows in float32 exp space), but tag 2 is
-    # reachable only from tag 1 and gets +300 at step 2: the true log Z is about 180
-    crf = CRF(3)
-    with torch.no_grad():
-        crf.transitions.zero_()
-        crf.transitions[0, 2] = -1e4
-        crf.transitions[2, 2] = -1e4
-    em = torch.tensor([[[0.0, -120.0, -1e4], [0.0, 0.0, 300.0]]])
-    tags = torch.tensor([[1, 2]])
-    fast = crf.loss(em, tags, reduction="none")
-    ref = crf.loss(em.double(), tags, reduction="none", reference=True)
-    assert float(fast) >= 0
-    torch.testing.assert_close(fast.double(), ref, rtol=1e-6, atol=1e-3)
+    # a prefix 110-120 nats behind underflows in float32 exp space, then blocked transitions and
+    # large emissions make it the dominant path: the loss must still equal the log-space value
+    cases = [
+        ({(0, 2): -1e4, (2, 2): -1e4}, [[0.0, -120.0, -1e4], [0.0, 0.0, 300.0]], [1, 2]),
+        (
+            {(0, 2): -1e4, (2, 2): 60.0},
+            [[0.0, -110.0, -1e4], [0.0, 0.0, 80.0], [0.0, 0.0, 80.0]],
+            [1, 2, 2],
+        ),
+    ]
+    for trans, em, gold in cases:
+        crf = CRF(3)
+        with torch.no_grad():
+            crf.transitions.zero_()
+            for (i, j), v in trans.items():
+                crf.transitions[i, j] = v
+        em, tags = torch.tensor([em]), torch.tensor([gold])
+        fast = crf.loss(em, tags, reduction="none")
+        ref = crf.loss(em.double(), tags, reduction="none", reference=True)
+        assert float(fast) >= 0
+        torch.testing.assert_close(fast.double(), ref, rtol=1e-6, atol=1e-3)

@@ -232,7 +232,6 @@ class _TileAttention(torch.autograd.Function):
         plan, scale = ctx.plan, ctx.scale
         b, h = q.shape[:2]
         dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        delta = (dout * out).sum(-1) - dlse  # D - dl, (b, h, N_q)
         lse = lse.masked_fill(lse == -math.inf, 0.0)
         for h0, h1, c0, c1 in plan.chunks(b, h):
             pl, hs = plan.heads(h0, h1), slice(h0, h1)
@@ -242,7 +241,9 @@ class _TileAttention(torch.autograd.Function):
             do = pl.q_tile(dout[:, hs], c0, c1)  # (b, h, c, B, e)
             _acc_keys(pl, dv[:, hs], p, do, c0, c1)  # dV += P^T dO
             ds = _tmm(do, pl.k_tile_t(v[:, hs], c0, c1))  # dP = dO V^T
-            ds.sub_(pl.q_tile(delta[:, hs], c0, c1).unsqueeze(-1)).mul_(p)  # dS = P (dP - D + dl)
+            delta = (do * pl.q_tile(out[:, hs], c0, c1)).sum(-1, keepdim=True)  # D = rowsum(dO O)
+            delta.sub_(pl.q_tile(dlse[:, hs], c0, c1).unsqueeze(-1))  # D - dl (chunk-sized)
+            ds.sub_(delta).mul_(p)  # dS = P (dP - D + dl)
             kt = pl.k_tile_t(k[:, hs], c0, c1).transpose(-1, -2)  # (b, h, c|1, T, e)
             pl.put_q(dq[:, hs], _tmm(ds, kt).mul_(scale), c0, c1)  # dQ = alpha dS K
             _acc_keys(pl, dk[:, hs], ds, qs, c0, c1)  # dK += dS^T (alpha Q)

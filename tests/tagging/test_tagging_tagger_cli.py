@@ -25,7 +25,7 @@ NER = [
 ]
 
 
-@pytest.mark.parametrize("encoder", ["cnn", "bilstm"])
+@pytest.mark.parametrize("encoder", ["cnn", "bilstm", "transformer"])
 @pytest.mark.parametrize("head", ["softmax", "crf", "memm", "bimemm"])
 def test_tagger_batched_equals_single_and_round_trips(tmp_path, encoder, head):
     torch.manual_seed(0)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kexue.tagging.encoders import POSITIONS
 from kexue.tagging.pipeline import (
     cws_examples,
     evaluate,
@@ -46,6 +47,11 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--tag-col", type=int, default=-1, help="CoNLL tag column (default -1: last)")
     t.add_argument("--head", choices=HEADS, default="crf")
     t.add_argument("--encoder", choices=ENCODERS, default="cnn")
+    tr = t.add_argument_group("Transformer encoder (--encoder transformer)")
+    tr.add_argument("--num-heads", type=int, help="attention heads (default 4)")
+    tr.add_argument("--pattern", choices=("full", "local"), help="attention pattern (default full)")
+    tr.add_argument("--window", type=int, help="local attention half-width (with --pattern local)")
+    tr.add_argument("--positions", choices=POSITIONS, help="position encoding (default sinusoidal)")
     t.add_argument("--out", required=True, metavar="DIR", help="output model directory")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--batch-size", type=int, default=32)
@@ -100,8 +106,24 @@ def _load_named(name: str) -> tuple[list, list, str]:
     return train, dev, task
 
 
+def _encoder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("num_heads", "pattern", "window", "positions")
+    given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if args.encoder != "transformer":
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise ValueError(f"{flags} need --encoder transformer")
+        return {}
+    if given.get("pattern") == "local" and "window" not in given:
+        raise ValueError("--pattern local needs --window")
+    if "window" in given and given.get("pattern") != "local":
+        raise ValueError("--window needs --pattern local")
+    return given
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Handler of ``kexue tag train``."""
+    encoder_kwargs = _encoder_kwargs(args)
     if args.data:
         train, dev, task = _load_named(args.data)
     else:
@@ -124,6 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         hidden_dim=args.hidden_dim,
         num_layers=args.num_layers,
         constrained=args.constrained,
+        encoder_kwargs=encoder_kwargs,
     )
     hist = fit_tagger(
         tagger,

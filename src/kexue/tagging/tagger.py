@@ -1,11 +1,13 @@
-r"""Character tagger: embedding -> encoder (BiLSTM or CNN) -> emissions $f$ -> head.
+r"""Character tagger: embedding -> encoder (BiLSTM, CNN or Transformer) -> emissions $f$ -> head.
 
 $$f=W\,\mathrm{Enc}(\mathrm{Emb}(x))+b\in\mathbb R^{t\times k},$$
 
 followed by one of the heads of 《CRF用过了，不妨再了解下更快的MEMM？》 (Su, 2020): ``"softmax"``
 (independent per-token cross-entropy), ``"crf"``, ``"memm"`` or ``"bimemm"``. The CNN encoder is
 the one of Su's 2018 Keras CRF demo (3 x Conv1D(3, ReLU)); padded positions are zeroed after every
-layer so a batch gives the same result as each sentence alone.
+layer so a batch gives the same result as each sentence alone. The Transformer encoder
+(:class:`kexue.tagging.encoders.TransformerEncoder`) stacks pre-norm blocks of
+:mod:`kexue.attention` with key padding masks, optionally with a local attention window.
 
 A trained tagger is a directory: ``model.safetensors`` (weights) and ``tagger.json`` (vocabulary,
 tag list, scheme and constructor arguments), both written atomically.
@@ -26,11 +28,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from kexue.core.io import atomic_write_json, load_safetensors, save_safetensors
 from kexue.tagging._common import reduce_loss
 from kexue.tagging.crf import CRF
+from kexue.tagging.encoders import TRANSFORMER_DEFAULTS, TransformerEncoder
 from kexue.tagging.memm import MEMM, BiMEMM
 from kexue.tagging.schemes import allowed_transitions
 
 HEADS = ("softmax", "crf", "memm", "bimemm")
-ENCODERS = ("bilstm", "cnn")
+ENCODERS = ("bilstm", "cnn", "transformer")
 PAD, UNK = "<pad>", "<unk>"
 
 
@@ -41,14 +44,20 @@ class Tagger(nn.Module):
         vocab: id -> token table; index 0 must be ``"<pad>"`` and 1 ``"<unk>"``.
         tags: id -> tag table (``k`` tags), e.g. ``tag_set("BMES")``.
         head: ``"softmax"``, ``"crf"``, ``"memm"`` or ``"bimemm"``.
-        encoder: ``"bilstm"`` or ``"cnn"``.
+        encoder: ``"bilstm"``, ``"cnn"`` or ``"transformer"``.
         embed_dim: character embedding size.
-        hidden_dim: encoder output size.
-        num_layers: LSTM layers or conv layers.
+        hidden_dim: encoder output size (the Transformer's width ``d``).
+        num_layers: LSTM layers, conv layers or Transformer blocks.
         dropout: dropout on embeddings and encoder output.
         scheme: tag scheme (``"BMES"``, ``"BIO"``, ``"BIOES"``) or ``None``.
         constrained: forbid the scheme's illegal transitions in the head (needs ``scheme``).
         head_kwargs: extra keyword arguments of the head (e.g. ``{"half_scale": True}``).
+        encoder_kwargs: Transformer options (``num_heads`` 4, ``pattern`` ``"full"`` or
+            ``"local"``, ``window``, ``rate``, ``positions`` ``"sinusoidal"``/``"learned"``,
+            ``max_positions`` 512, ``ffn_dim``); see :class:`TransformerEncoder`.
+
+    Raises:
+        ValueError: on an unknown head/encoder, a bad vocabulary or unknown ``encoder_kwargs``.
     """
 
     def __init__(
@@ -65,6 +74,7 @@ class Tagger(nn.Module):
         scheme: str | None = None,
         constrained: bool = False,
         head_kwargs: dict[str, Any] | None = None,
+        encoder_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -77,6 +87,14 @@ class Tagger(nn.Module):
             raise ValueError("tags must not be empty")
         if constrained and scheme is None:
             raise ValueError("constrained=True needs a scheme")
+        enc_kw = dict(encoder_kwargs or {})
+        if enc_kw and encoder != "transformer":
+            raise ValueError(f"encoder_kwargs are for encoder='transformer', got {encoder!r}")
+        unknown = sorted(set(enc_kw) - set(TRANSFORMER_DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"unknown encoder_kwargs {unknown}; known: {sorted(TRANSFORMER_DEFAULTS)}"
+            )
         self.vocab = list(vocab)
         self.tags = list(tags)
         self.index = {c: i for i, c in enumerate(self.vocab)}
@@ -91,6 +109,8 @@ class Tagger(nn.Module):
             constrained=constrained,
             head_kwargs=dict(head_kwargs or {}),
         )
+        if encoder == "transformer":
+            self.config["encoder_kwargs"] = enc_kw
         k = len(self.tags)
         self.embed = nn.Embedding(len(self.vocab), embed_dim, padding_idx=0)
         self.drop = nn.Dropout(dropout)
@@ -100,6 +120,11 @@ class Tagger(nn.Module):
             self.lstm = nn.LSTM(
                 embed_dim, hidden_dim // 2, num_layers, batch_first=True, bidirectional=True
             )
+        elif encoder == "transformer":
+            self.transformer = TransformerEncoder(
+                embed_dim, hidden_dim, num_layers=num_layers, dropout=dropout,
+                **{**TRANSFORMER_DEFAULTS, **enc_kw},
+            )  # fmt: skip
         else:
             dims = [embed_dim] + [hidden_dim] * num_layers
             self.convs = nn.ModuleList(
@@ -166,6 +191,8 @@ class Tagger(nn.Module):
             packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
             out, _ = self.lstm(packed)
             h, _ = pad_packed_sequence(out, batch_first=True, total_length=chars.shape[1])
+        elif self.config["encoder"] == "transformer":
+            h = self.transformer(x, mask)
         else:
             h = x * m
             for conv in self.convs:

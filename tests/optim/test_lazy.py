@@ -88,8 +88,9 @@ def test_freeze_equals_sparse_adam(sparse: bool, fast: bool | None) -> None:
     sparse=st.booleans(),
     wd=st.sampled_from([0.0, 0.1]),
     adamw=st.booleans(),
+    moments=st.sampled_from(["freeze", "decay"]),
 )
-def test_fast_path_equals_generic_path(v, d, rows, sparse, wd, adamw) -> None:
+def test_fast_path_equals_generic_path(v, d, rows, sparse, wd, adamw, moments) -> None:
     rows = [r % v for r in rows]
     cls = torch.optim.AdamW if adamw else torch.optim.Adam
     out = []
@@ -98,6 +99,7 @@ def test_fast_path_equals_generic_path(v, d, rows, sparse, wd, adamw) -> None:
         opt = Lazy(
             cls([*emb.parameters(), *head.parameters()], lr=0.1, weight_decay=wd),
             params=[emb],
+            moments=moments,
             fast_path=fast,
         )
         x = torch.tensor([rows])
@@ -117,6 +119,9 @@ def test_fast_path_equals_generic_path(v, d, rows, sparse, wd, adamw) -> None:
     torch.testing.assert_close(h_f, h_g, rtol=1e-12, atol=1e-14)
     for key in ("exp_avg", "exp_avg_sq", "step"):
         torch.testing.assert_close(s_f[key], s_g[key], rtol=1e-12, atol=1e-14)
+    untouched = [i for i in range(v) if i not in set(rows[:3])]
+    for key in ("exp_avg", "exp_avg_sq"):  # frozen or decayed exactly as Adam does with g = 0
+        assert torch.equal(s_f[key][untouched], s_g[key][untouched]), key
 
 
 @pytest.mark.parametrize(
@@ -284,7 +289,12 @@ def test_validation() -> None:
     with pytest.raises(ValueError, match="fast_path"):
         Lazy(torch.optim.SGD(emb.parameters(), lr=0.1), params=[emb], fast_path=True)
     with pytest.raises(ValueError, match="fast_path"):
-        Lazy(torch.optim.Adam(emb.parameters()), params=[emb], moments="decay", fast_path=True)
+        Lazy(
+            torch.optim.Adam(emb.parameters(), weight_decay=0.1),
+            params=[emb],
+            moments="decay",
+            fast_path=True,
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -21,9 +21,10 @@ i.e. the learning rate is :math:`\eta f_r` per row, exactly Su's construction. O
   moments of unused rows decay, while their weights stay put.
 
 Unused rows get no weight decay either (they are restored). Non-listed parameters use the inner
-optimizer unchanged. A *fast path* for ``torch.optim.Adam``/``AdamW`` with ``"freeze"``
-(:mod:`kexue.optim.rowwise`) gathers, updates and scatters only the touched rows; it is chosen
-automatically and is equivalent to the generic path (to float rounding). The generic path works
+optimizer unchanged. A *fast path* for ``torch.optim.Adam``/``AdamW``
+(:mod:`kexue.optim.rowwise`) gathers, updates and scatters only the touched rows (with
+``"decay"`` it also scales the two moment tables, two passes instead of Adam's full step); it is
+chosen automatically and is equivalent to the generic path (to float rounding). The generic path works
 for every optimizer: it lets the inner optimizer update the whole table and copies the unused
 rows back (sparse gradients are densified for it, since most optimizers reject them).
 
@@ -123,7 +124,7 @@ class Lazy(OptimizerWrapper):
                     raise ValueError(
                         f"fast_path=True, but the row-wise path does not apply to "
                         f"{type(optimizer).__name__} with moments={moments!r} for a parameter "
-                        f"of shape {tuple(p.shape)} (needs Adam/AdamW without amsgrad, 'freeze')"
+                        f"of shape {tuple(p.shape)} (needs Adam/AdamW without amsgrad; 'decay' also no L2 weight_decay)"
                     )
 
     @property
@@ -141,9 +142,9 @@ class Lazy(OptimizerWrapper):
         raise ValueError("a lazy parameter is no longer in the optimizer's param_groups")
 
     def _can_fast(self, p: torch.Tensor, group: dict[str, Any]) -> bool:
-        if self.fast_path is False or self.moments != "freeze":
+        if self.fast_path is False:
             return False
-        return supports_rowwise(self.optimizer, group, p)
+        return supports_rowwise(self.optimizer, group, p, self.moments)
 
     def uses_fast_path(self, p: torch.Tensor) -> bool:
         """Whether ``step()`` updates lazy parameter ``p`` with the row-wise Adam path.
@@ -195,7 +196,14 @@ class Lazy(OptimizerWrapper):
                     self._restore_unused_rows(p, *saved)
         for p, grad, group in fast:
             idx, rows = touched_rows(grad)
-            adam_rows_(p, idx, rows, self.optimizer.state[p], group)
+            adam_rows_(
+                p,
+                idx,
+                rows,
+                self.optimizer.state[p],
+                group,
+                decay_untouched=self.moments == "decay",
+            )
 
     def _save_unused_rows(self, p: torch.Tensor, grad: torch.Tensor) -> tuple | None:
         """Before the inner step: remember unused rows (of ``p`` and, in freeze mode, its state)."""

@@ -42,21 +42,33 @@ def _scalar(x: Any) -> float:
 
 
 def supports_rowwise(
-    optimizer: torch.optim.Optimizer, group: dict[str, Any], p: torch.Tensor
+    optimizer: torch.optim.Optimizer,
+    group: dict[str, Any],
+    p: torch.Tensor,
+    moments: str = "freeze",
 ) -> bool:
-    """Whether :func:`adam_rows_` reproduces ``optimizer``'s update of ``p``.
+    """Whether :func:`adam_rows_` reproduces the lazy update of ``p`` under ``optimizer``.
 
     True for ``torch.optim.Adam``/``AdamW`` (exact classes' ``step``) without ``amsgrad``,
-    ``capturable`` or ``differentiable``, on a real floating-point parameter of rank >= 1.
+    ``capturable`` or ``differentiable``, on a real floating-point parameter of rank >= 1. With
+    ``moments="decay"`` also needs no coupled (L2) weight decay, which would give unused rows a
+    non-zero gradient ``lambda * W``.
 
     Args:
         optimizer: the optimizer that owns ``p``.
         group: ``p``'s parameter group.
         p: the parameter.
+        moments: ``"freeze"`` or ``"decay"`` (see :class:`~kexue.optim.Lazy`).
     """
     if not isinstance(optimizer, Adam) or type(optimizer).step is not Adam.step:
         return False
     if group.get("amsgrad") or group.get("capturable") or group.get("differentiable"):
+        return False
+    if (
+        moments == "decay"
+        and group["weight_decay"] != 0
+        and not group.get("decoupled_weight_decay")
+    ):
         return False
     return p.dim() >= 1 and p.is_floating_point() and not p.is_complex()
 
@@ -117,6 +129,7 @@ def adam_rows_(
     state: dict[str, Any],
     group: dict[str, Any],
     *,
+    decay_untouched: bool = False,
     impl: str = "fused",
 ) -> None:
     """Apply one Adam/AdamW step to rows ``idx`` of ``p`` (in place), leaving other rows alone.
@@ -129,6 +142,9 @@ def adam_rows_(
             by one even if ``r == 0`` (global step, as in ``SparseAdam``).
         group: the parameter group (``lr``, ``betas``, ``eps``, ``weight_decay``,
             ``maximize``, ``decoupled_weight_decay``).
+        decay_untouched: also decay the moments of the other rows as Adam does with a zero
+            gradient (:math:`m \\leftarrow \\beta_1 m`, :math:`v \\leftarrow \\beta_2 v`: Su's
+            ``moments="decay"``); two passes over the table instead of none.
         impl: ``"fused"`` runs PyTorch's fused Adam kernel on the gathered rows (one pass;
             falls back to the reference where the kernel is unavailable); ``"reference"`` spells
             the update out with the single-tensor ``Adam`` operations.
@@ -139,13 +155,16 @@ def adam_rows_(
     if impl not in ("fused", "reference"):
         raise ValueError(f"impl must be 'fused' or 'reference', got {impl!r}")
     init_adam_state(state, p, group)
-    if idx.numel() == 0:
-        state["step"] += 1
-        return
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     w = p.index_select(0, idx)  # (r, *) touched rows
     m = exp_avg.index_select(0, idx)
     v = exp_avg_sq.index_select(0, idx)
+    if decay_untouched:  # what Adam's own ops do with g = 0 (bitwise): lerp to 0, scale by beta2
+        exp_avg.lerp_(exp_avg.new_zeros(()), 1 - _scalar(group["betas"][0]))
+        exp_avg_sq.mul_(_scalar(group["betas"][1]))
+    if idx.numel() == 0:
+        state["step"] += 1
+        return
     grad = grad_rows.to(p.dtype).contiguous()
     if impl == "fused" and _fused_rows(w, grad, m, v, state, group):
         pass

@@ -83,7 +83,7 @@ PRESETS = {
         bench_sizes=(64, 128), bench_heads=2, bench_dim=16, bench_window=8, bench_rate=16,
         bench_memory=False,
     ),
-    "quick": Config(),
+    "quick": Config(steps=200, eval_every=50),
     "full": Config(
         seq_len=512, dim=256, heads=8, layers=4, window=32, rate=23, steps=3000, batch_size=32,
         lr=1e-3, dropout=0.1, train_chars=4_500_000, eval_chars=200_000, eval_every=500,
@@ -426,6 +426,11 @@ def run(cfg: Config, out_dir: Path, progress: bool = True) -> dict[str, Any]:
         "i-1, so it is expected to be worst; sparse (union with the local window) fixes that.",
         f"Vocabulary: {lm['vocab']} characters (rest -> <unk>); {lm['train_tokens']} training "
         "characters available; bpc counts <unk> predictions as normal tokens.",
+        "At small n the blocked kernels are overhead-bound (many small tile GEMMs and "
+        "Python-level chunking): full SDPA wins below n ~ 1k, and the LM (n = seq_len) trains "
+        "fewer tokens/s with the sparse patterns; the savings appear at long n (benchmark "
+        "table). Sparse keeps two parts plus their merge, so its peak memory exceeds SDPA's "
+        "flash kernel at every n measured here; local stays below SDPA's from n ~ 16k.",
         "Our sparse pattern counts each key once and uses a non-dilated local part (the "
         "original Keras code dilates it and counts self twice, design note §4).",
     ]

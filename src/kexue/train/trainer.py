@@ -57,6 +57,28 @@ EvalFn = Callable[[nn.Module], Mapping[str, Any]]
 __all__ = ["Trainer", "move_to_device"]
 
 
+def _clip_mixed_(params: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """Global L2 gradient norm (and optional clipping) when some gradients are sparse.
+
+    ``torch.nn.utils`` norms reject sparse COO gradients (``nn.Embedding(sparse=True)``); the norm
+    of a sparse gradient is that of its coalesced values (duplicate indices summed first).
+    """
+    norms = []
+    for p in params:
+        g = p.grad
+        if g.is_sparse:
+            g = p.grad = g.coalesce()
+            norms.append(torch.linalg.vector_norm(g.values().float()))
+        else:
+            norms.append(torch.linalg.vector_norm(g.float()))
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    if max_norm:
+        scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for p in params:
+            p.grad.mul_(scale.to(p.grad.dtype))
+    return total
+
+
 class Trainer:
     """Train ``model`` with ``optimizer`` on ``train_data`` for ``config`` steps/epochs.
 
@@ -327,7 +349,9 @@ class Trainer:
         loss.backward()
         # g <- g * min(1, c / ||g||); the pre-clip norm ||g|| is logged as grad_norm
         params = [p for p in dist.unwrap(self.model).parameters() if p.grad is not None]
-        if self.config.grad_clip:
+        if any(p.grad.is_sparse for p in params):
+            grad_norm = _clip_mixed_(params, self.config.grad_clip)
+        elif self.config.grad_clip:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])

@@ -73,7 +73,7 @@ class Config:
     bench_memory: bool = True
     picture_n: int = 16
     seed: int = 0
-    threads: int = 0  # 0: leave torch's default
+    threads: int = 0  # torch threads during the run (0: leave as is); 1 is robust on a busy box
 
 
 PRESETS = {
@@ -83,7 +83,7 @@ PRESETS = {
         bench_sizes=(64, 128), bench_heads=2, bench_dim=16, bench_window=8, bench_rate=16,
         bench_memory=False,
     ),
-    "quick": Config(steps=200, eval_every=50),
+    "quick": Config(steps=200, eval_every=50, threads=1),
     "full": Config(
         seq_len=512, dim=256, heads=8, layers=4, window=32, rate=23, steps=3000, batch_size=32,
         lr=1e-3, dropout=0.1, train_chars=4_500_000, eval_chars=200_000, eval_every=500,
@@ -317,10 +317,17 @@ def run(cfg: Config, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     Returns:
         The results dict (schema: :mod:`kexue.report.schema`).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, Path(out_dir), progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: Config, out_dir: Path, progress: bool) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
     _plot_patterns(cfg, out_dir / "patterns.png")
 
     log = print if progress else None

@@ -30,3 +30,22 @@ def make_opt_sched(model: nn.Module, total: int = 40):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total))
     return opt, sched
+
+
+def make_trainer(out, max_steps: int, *, model_seed: int = 0, eval_fn=None, **config):
+    """A Trainer on the tiny problem (Adam + LambdaLR, batch 8); ``config`` goes to TrainConfig."""
+    from kexue.train import TrainConfig, Trainer
+
+    model = make_model(seed=model_seed)
+    opt, sched = make_opt_sched(model)
+    return Trainer(
+        model,
+        opt,
+        train_data=make_data(),
+        loss_fn=loss_fn,
+        scheduler=sched,
+        eval_fn=eval_fn,
+        config=TrainConfig(max_steps=max_steps, batch_size=8, **config),
+        out_dir=out,
+        progress=False,
+    )

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import kexue.train.checkpoint as ckpt_mod
-from kexue.train import TrainConfig, Trainer, latest_checkpoint, list_checkpoints, load_checkpoint
+from kexue.train import latest_checkpoint, list_checkpoints, load_checkpoint
 from kexue.train.checkpoint import flatten_state, is_valid_checkpoint, unflatten_state
 
-from ._tiny import loss_fn, make_data, make_model, make_opt_sched
+from ._tiny import make_model, make_trainer
 
 
 def test_flatten_roundtrip_keeps_types():
@@ -37,19 +37,7 @@ def test_flatten_roundtrip_keeps_types():
 
 
 def _trainer(out, max_steps, **kw):
-    model = make_model()
-    opt, sched = make_opt_sched(model)
-    cfg = TrainConfig(max_steps=max_steps, batch_size=8, ckpt_every=2, keep_last=None, seed=5, **kw)
-    return Trainer(
-        model,
-        opt,
-        train_data=make_data(),
-        loss_fn=loss_fn,
-        scheduler=sched,
-        config=cfg,
-        out_dir=out,
-        progress=False,
-    )
+    return make_trainer(out, max_steps, ckpt_every=2, keep_last=None, seed=5, **kw)
 
 
 @pytest.mark.parametrize("fail_on", ["state.safetensors", "manifest.json", "rename"])

@@ -5,27 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kexue.train import TrainConfig, Trainer
-
-from ._tiny import loss_fn, make_data, make_model, make_opt_sched
+from ._tiny import make_trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def _trainer(out, steps, model_seed=0, bf16=False):
-    model = make_model(seed=model_seed)
-    opt, sched = make_opt_sched(model)
-    cfg = TrainConfig(max_steps=steps, batch_size=8, seed=2, bf16=bf16)
-    return Trainer(
-        model,
-        opt,
-        train_data=make_data(),
-        loss_fn=loss_fn,
-        scheduler=sched,
-        config=cfg,
-        out_dir=out,
-        progress=False,
-    )
+    return make_trainer(out, steps, model_seed=model_seed, seed=2, bf16=bf16)
 
 
 @pytest.mark.parametrize("bf16", [False, True])

@@ -9,25 +9,21 @@ import torch
 
 from kexue.train import TrainConfig, Trainer, latest_checkpoint, load_checkpoint
 
-from ._tiny import loss_fn, make_data, make_model, make_opt_sched
+from ._tiny import loss_fn, make_data, make_model, make_opt_sched, make_trainer
 
 N = 10  # 53 examples / batch 8 -> 7 batches per epoch: step 10 is mid-epoch 1
 
 
 def _trainer(out, max_steps, model_seed=0, **kw):
-    model = make_model(seed=model_seed)
-    opt, sched = make_opt_sched(model)
-    cfg = TrainConfig(max_steps=max_steps, batch_size=8, log_every=3, eval_every=4, seed=3, **kw)
-    return Trainer(
-        model,
-        opt,
-        train_data=make_data(),
-        loss_fn=loss_fn,
-        scheduler=sched,
+    return make_trainer(
+        out,
+        max_steps,
+        model_seed=model_seed,
         eval_fn=lambda m: {"rand": float(torch.rand(()))},  # consumes RNG: must not leak
-        config=cfg,
-        out_dir=out,
-        progress=False,
+        log_every=3,
+        eval_every=4,
+        seed=3,
+        **kw,
     )
 
 

@@ -316,9 +316,13 @@ def test_data_path() -> None:
 
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+NO_SHARED = (
+    "compares the shipped copies with the original files in ../shared/data, "
+    "which sits beside the project checkout in development and CI but not in an installed copy"
+)
 
 
-@pytest.mark.skipif(not (SHARED / "msra_ner" / "dh_msra.zip").is_file(), reason="no shared/data")
+@pytest.mark.skipif(not (SHARED / "msra_ner" / "dh_msra.zip").is_file(), reason=NO_SHARED)
 @pytest.mark.parametrize(
     "name, split",
     [("people-daily-ner", "dev"), ("ud-gsd-cws", "dev"), ("cmrc2018", "trial"), ("mnist", "test")],
@@ -338,7 +342,7 @@ def test_shared_copy_via_kexue_data_equals_shipped(
         assert user == shipped
 
 
-@pytest.mark.skipif(not (SHARED / "msra_ner" / "dh_msra.zip").is_file(), reason="no shared/data")
+@pytest.mark.skipif(not (SHARED / "msra_ner" / "dh_msra.zip").is_file(), reason=NO_SHARED)
 def test_shipped_msra_equals_the_zip_member() -> None:
     from kexue.data._io import read_bytes
 
@@ -353,7 +357,7 @@ def test_every_shipped_file_is_tracked_by_git() -> None:
 
     repo = Path(__file__).resolve().parents[2]
     if shutil.which("git") is None or not (repo / ".git").exists():
-        pytest.skip("not a git checkout")
+        pytest.skip("checks what git tracks; this copy of the tests is not inside a git checkout")
     tracked = subprocess.run(
         ["git", "ls-files", "src/kexue/data/shipped"],
         cwd=repo,

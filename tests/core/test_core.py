@@ -89,3 +89,19 @@ def test_seed_everything_reproducible():
     assert torch.equal(
         torch.randn(2, generator=g), torch.randn(2, generator=seed_everything(3, False))
     )
+
+
+def test_num_threads_scopes_and_restores():
+    from kexue.core.threads import num_threads
+
+    before = torch.get_num_threads()
+    with num_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), num_threads(1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before  # restored on error too
+    with num_threads(0):
+        assert torch.get_num_threads() == before  # 0 = leave as is
+    with pytest.raises(ValueError, match="threads must be >= 0"), num_threads(-1):
+        pass

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from kexue.core.seed import seed_everything
+from kexue.core.threads import num_threads
 from kexue.tagging.pipeline import cws_examples, evaluate, fit_tagger, ner_examples, new_tagger
 
 HEADS = ("softmax", "crf", "memm", "bimemm")
@@ -275,12 +276,10 @@ def run(cfg: Config, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     for h in cfg.heads:
         if h not in HEADS:
             raise ValueError(f"unknown head {h!r}; known: {', '.join(HEADS)}")
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
     rows: list[dict[str, Any]] = []
     sizes: dict[str, tuple[int, int]] = {}
     head_ms: dict[str, dict[str, float]] = {}
-    try:
+    with num_threads(cfg.threads):
         for name in cfg.datasets:
             train, test, task = _data(name, cfg)
             sizes[name] = (len(train), len(test))
@@ -293,8 +292,6 @@ def run(cfg: Config, out_dir: Path, progress: bool = True) -> dict[str, Any]:
                     print(
                         f"[crf-memm] {name} {head}: F1 {r['f1']:.4f} ({time.perf_counter() - t0:.1f}s)"
                     )
-    finally:
-        torch.set_num_threads(old_threads)
     return _results(rows, cfg, sizes, head_ms, out_dir)
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from kexue.core.seed import seed_everything
+from kexue.core.threads import num_threads
 from kexue.init import (
     angle_cdf,
     angle_variance,
@@ -207,12 +208,8 @@ def run(cfg: Config, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     g = seed_everything(cfg.seed, deterministic=False)
     say = print if progress else (lambda *a, **k: None)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
+    with num_threads(cfg.threads):
         return _run(cfg, out_dir, g, say)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: Config, out_dir: Path, g: torch.Generator, say: Any) -> dict[str, Any]:

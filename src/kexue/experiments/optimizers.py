@@ -36,6 +36,7 @@ from torch.utils.data import TensorDataset
 
 from kexue import data
 from kexue.core.seed import seed_everything
+from kexue.core.threads import num_threads
 from kexue.optim import Lazy, Lookahead
 from kexue.train import TrainConfig, Trainer
 
@@ -393,14 +394,9 @@ def run(cfg: Config, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with num_threads(cfg.threads):
         a = _run_mnist(cfg, progress)
         b = _run_text(cfg, progress)
-    finally:
-        torch.set_num_threads(threads)
     plots = _plots(a, b, out_dir)
 
     m: dict[str, Any] = {}

@@ -37,6 +37,7 @@ from kexue.attention.functional import (
     sparse_attention,
 )
 from kexue.core.seed import seed_everything
+from kexue.core.threads import num_threads
 from kexue.train import TrainConfig, Trainer
 
 
@@ -317,13 +318,8 @@ def run(cfg: Config, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     Returns:
         The results dict (schema: :mod:`kexue.report.schema`).
     """
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with num_threads(cfg.threads):
         return _run(cfg, Path(out_dir), progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: Config, out_dir: Path, progress: bool) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from kexue.report.markdown import fmt
+from kexue.report.markdown import fmt, key_value_tables
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,"Noto Sans CJK SC",sans-serif;max-width:1100px;
@@ -68,16 +68,10 @@ def section_html(results: dict[str, Any], image_prefix: str = "") -> str:
         parts.append(
             "<h3>Notes</h3><ul>" + "".join(f"<li>{e(n)}</li>" for n in results["notes"]) + "</ul>"
         )
-    for label, key in (("Key metrics", "metrics"), ("Configuration", "config")):
-        items = results.get(key) or {}
-        if items:
-            rows = [
-                [k, v if isinstance(v, int | float | str) or v is None else str(v)]
-                for k, v in items.items()
-            ]
-            parts.append(
-                f"<details><summary>{label}</summary>{table_html([key, 'value'], rows)}</details>"
-            )
+    for label, key, rows in key_value_tables(results):
+        parts.append(
+            f"<details><summary>{label}</summary>{table_html([key, 'value'], rows)}</details>"
+        )
     env = results.get("environment", {})
     parts.append(
         f'<p class="meta">scale {e(str(results.get("scale")))}, wall time {e(fmt(results.get("wall_time_s")))} s, '

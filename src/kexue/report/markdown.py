@@ -40,6 +40,20 @@ def comparison_table(results: dict[str, Any]) -> str:
     return table_md(["quantity", "article", "ours", "note"], rows)
 
 
+def key_value_tables(results: dict[str, Any]) -> list[tuple[str, str, list[list[Any]]]]:
+    """``(label, key, rows)`` for the non-empty ``metrics`` and ``config`` dicts of a result."""
+    out = []
+    for label, key in (("Key metrics", "metrics"), ("Configuration", "config")):
+        items = results.get(key) or {}
+        if items:
+            rows = [
+                [k, v if isinstance(v, int | float | str) or v is None else str(v)]
+                for k, v in items.items()
+            ]
+            out.append((label, key, rows))
+    return out
+
+
 def render_section(results: dict[str, Any], image_prefix: str = "") -> str:
     """Markdown for one experiment: headline, article-vs-ours, tables, plots, notes, provenance.
 
@@ -65,21 +79,9 @@ def render_section(results: dict[str, Any], image_prefix: str = "") -> str:
             lines += [f"*{plot['caption']}*", ""]
     if results.get("notes"):
         lines += ["### Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
-    for label, key in (("Key metrics", "metrics"), ("Configuration", "config")):
-        items = results.get(key) or {}
-        if items:
-            rows = [
-                [k, v if isinstance(v, int | float | str) or v is None else str(v)]
-                for k, v in items.items()
-            ]
-            lines += [
-                f"<details><summary>{label}</summary>",
-                "",
-                table_md([key, "value"], rows),
-                "",
-                "</details>",
-                "",
-            ]
+    for label, key, rows in key_value_tables(results):
+        lines += [f"<details><summary>{label}</summary>", "", table_md([key, "value"], rows)]
+        lines += ["", "</details>", ""]
     env = results.get("environment", {})
     lines += [
         f"<sub>scale `{results.get('scale')}`, wall time {fmt(results.get('wall_time_s'))} s, "

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,peers]'
+	$(PIP) install -q -e '.[dev,bert,peers]'
 	touch $(STAMP)
 
 report: setup

@@ -10,6 +10,8 @@ with code 2; no traceback unless ``KEXUE_DEBUG=1``.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import sys
 import traceback
@@ -17,6 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import kexue
+
+
+# parts (and plumbing) with a command group, in `kexue --help` order; each module defines
+# ``add_subparser(subparsers)``
+PART_CLIS = ("tagging", "lm", "mrc", "vq", "seq2seq", "analysis")
 
 
 class UsageError(ValueError):
@@ -58,8 +65,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     for name in names:
         run_dir = out / name if len(names) > 1 else out
         res = reproduce(name, args.scale, run_dir, overrides, progress=not args.no_progress)
-        print(f"{name}: {res['headline']}")
-        print(f"  -> {run_dir}/results.json ({res['wall_time_s']:.1f} s)")
+        print(f"{name}: {res.headline}")
+        print(f"  -> {run_dir}/results.json ({res.provenance.wall_time_s:.1f} s)")
     return 0
 
 
@@ -77,7 +84,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"== {name} ({args.scale})", flush=True)
         try:
             res = reproduce(name, args.scale, out / name, overrides, progress=not args.no_progress)
-            print(f"   {res['headline']} [{res['wall_time_s']:.0f} s]", flush=True)
+            print(f"   {res.headline} [{res.provenance.wall_time_s:.0f} s]", flush=True)
         except Exception as exc:  # one failing experiment must not hide the others
             failures[name] = f"{type(exc).__name__}: {exc}"
             print(f"   FAILED: {failures[name]}", file=sys.stderr, flush=True)
@@ -116,11 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("list", help="registered experiments and their articles")
     s.set_defaults(func=_cmd_list)
 
+    p.intermixed = {}  # type: ignore[attr-defined]
     for cmd, helptext in (
         ("reproduce", "run one experiment (or all)"),
         ("report", "run experiments and build the report"),
     ):
         s = sub.add_parser(cmd, help=helptext)
+        p.intermixed[cmd] = s  # type: ignore[attr-defined]
         if cmd == "reproduce":
             s.add_argument("name", help="experiment name (see `kexue list`) or 'all'")
             s.set_defaults(func=_cmd_reproduce, out="runs")
@@ -141,13 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("list", help="datasets, sizes, licences, locations")
     d.set_defaults(func=_cmd_data_list)
 
-    try:
-        from kexue.tagging.cli import add_subparser as add_tag
-    except ImportError:
-        add_tag = None
-    if add_tag is not None:
-        add_tag(sub)
+    for part in PART_CLIS:  # each part's `<part>/cli.py` adds `kexue <part> ...`
+        name = f"kexue.{part}.cli"
+        if importlib.util.find_spec(f"kexue.{part}") and importlib.util.find_spec(name):
+            importlib.import_module(name).add_subparser(sub)
     return p
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    # `reproduce NAME --scale smoke --out DIR key=value`: overrides may come after options,
+    # which plain parse_args rejects ("unrecognized arguments"); intermixed parsing accepts them
+    # (argparse refuses intermixed parsing on a parser with subcommands, so the subcommand's own
+    # parser does it)
+    intermixed = getattr(parser, "intermixed", {})
+    if argv and argv[0] in intermixed:
+        ns = intermixed[argv[0]].parse_intermixed_args(argv[1:])
+        ns.command = argv[0]
+        return ns
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         func = getattr(args, "func", None)
         if func is None:
             parser.print_help()

@@ -19,6 +19,7 @@ import torch
 import kexue
 from kexue.core.io import atomic_write_json, atomic_write_text
 from kexue.experiments import get
+from kexue.report.result import Provenance, Result
 
 SCALES = ("smoke", "quick", "full")
 
@@ -105,37 +106,45 @@ def reproduce(
     out_dir: str | Path = "runs",
     overrides: dict[str, str] | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Run experiment ``name`` at ``scale`` into ``out_dir`` and return its results dict.
+) -> Result:
+    """Run experiment ``name`` at ``scale`` into ``out_dir`` and return its :class:`Result`.
 
     Writes ``out_dir/results.json``, ``out_dir/config.json`` and ``out_dir/section.md``; the
-    experiment itself writes its plots into ``out_dir``.
+    experiment itself writes its plots into ``out_dir``. Refuses an ``out_dir`` that is a file.
     """
     from kexue.report.markdown import render_section  # report sits beside, not below, experiments
-    from kexue.report.schema import validate_results
 
     entry = get(name)
     module = entry.load()
     cfg = resolve_config(module, scale, overrides)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     config = dataclasses.asdict(cfg)
     atomic_write_json(out / "config.json", config)
     t0 = time.perf_counter()
-    results = module.run(cfg, out, progress=progress)
+    res = module.run(cfg, out, progress=progress)
     wall = time.perf_counter() - t0
-    results = {
-        "name": entry.name,
-        "article": entry.article,
-        "part": entry.part,
-        "summary": entry.summary,
-        "scale": scale,
-        "config": config,
-        **results,
-        "environment": environment(),
-        "wall_time_s": round(wall, 3),
-    }
-    validate_results(results, out)
-    atomic_write_json(out / "results.json", results)
-    atomic_write_text(out / "section.md", render_section(results))
-    return results
+    if isinstance(res, dict):  # TODO(issue 8): legacy dict results, until every experiment is typed
+        res = _legacy(res)
+    if not isinstance(res, Result):
+        raise TypeError(f"{module.__name__}.run() must return kexue.report.Result, got {type(res)}")
+    res.provenance = Provenance(
+        name=entry.name,
+        article=entry.article,
+        part=entry.part,
+        summary=entry.summary,
+        scale=scale,
+        config=config,
+        environment=environment(),
+        wall_time_s=round(wall, 3),
+    )
+    res.validate(out)
+    atomic_write_json(out / "results.json", res.to_json())
+    atomic_write_text(out / "section.md", render_section(res))
+    return res
+
+
+def _legacy(d: dict[str, Any]) -> Result:
+    return Result.from_json(d, source="legacy results")

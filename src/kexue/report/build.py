@@ -10,31 +10,39 @@ Layout written by :func:`build_report`::
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
-from typing import Any
 
 from kexue.core.io import atomic_write_text
 from kexue.report.html import page, section_html, table_html
 from kexue.report.markdown import render_section, table_md
-from kexue.report.schema import validate_results
+from kexue.report.result import Cell, Result
 
 
-def load_results(run_dir: str | Path) -> dict[str, Any]:
-    """Read and validate ``run_dir/results.json``."""
+def load_results(run_dir: str | Path) -> Result:
+    """Read and validate ``run_dir/results.json``; ``ValueError`` names a corrupt or foreign file."""
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise FileNotFoundError(f"no results.json in {run_dir}")
-    results = json.loads(path.read_text(encoding="utf-8"))
-    validate_results(results, run_dir)
-    return results
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a valid results.json ({exc})") from None
+    res = Result.from_json(obj, source=str(path))
+    if res.provenance is None:
+        raise ValueError(f"{path}: results.json has no provenance (name, scale, ...)")
+    res.validate(run_dir)
+    return res
 
 
-def _overview(all_results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+def _overview(all_results: list[Result]) -> tuple[list[str], list[list[Cell]]]:
     cols = ["experiment", "part", "scale", "finding", "wall time (s)"]
-    rows = [
-        [r["name"], r["part"], r["scale"], r["headline"], r.get("wall_time_s")] for r in all_results
-    ]
+    rows: list[list[Cell]] = []
+    for r in all_results:
+        p = r.provenance
+        assert p is not None
+        rows.append([p.name, p.part, p.scale, r.headline, p.wall_time_s])
     return cols, rows
 
 
@@ -64,7 +72,9 @@ def build_report(out_dir: str | Path, failures: dict[str, str] | None = None) ->
         )
         body.append(
             "<h2>Failed experiments</h2><ul>"
-            + "".join(f"<li><b>{k}</b>: {v}</li>" for k, v in failures.items())
+            + "".join(
+                f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in failures.items()
+            )
             + "</ul>"
         )
     for run, res in zip(runs, all_results, strict=True):
@@ -72,7 +82,7 @@ def build_report(out_dir: str | Path, failures: dict[str, str] | None = None) ->
         md.append(render_section(res, image_prefix=prefix))
         body.append(section_html(res, image_prefix=prefix))
         # a standalone page per experiment, images relative to its own directory
-        atomic_write_text(run / "index.html", page(res["name"], section_html(res)))
+        atomic_write_text(run / "index.html", page(run.name, section_html(res)))
     atomic_write_text(out / "README.md", "\n".join(md))
     index = out / "index.html"
     atomic_write_text(index, page("kexue report", "\n".join(body)))

@@ -63,12 +63,14 @@ def test_bad_params():
         resolve_params("fixed", stride=2, summary=3)
 
 
-def test_draw_pattern(tmp_path):
-    import matplotlib
+def test_pattern_picture_marks_both_parts_and_draws(tmp_path):
+    from kexue.attention.patterns import pattern_mask, pattern_picture
+    from kexue.report.plots import mask_images
 
-    matplotlib.use("Agg")
-    from kexue.attention.patterns import draw_pattern
-
-    ax = draw_pattern("fixed", 12, stride=4, summary=1, causal=True)
-    ax.figure.savefig(tmp_path / "p.png")
+    img = pattern_picture("fixed", 12, stride=4, summary=1, causal=True)
+    a1 = pattern_mask("fixed", 12, stride=4, summary=1, causal=True, part=0)
+    a2 = pattern_mask("fixed", 12, stride=4, summary=1, causal=True, part=1)
+    assert torch.equal(img == 1, a1) and torch.equal(img == 2, a2 & ~a1)
+    assert torch.equal(img == 0, ~(a1 | a2))
+    mask_images([(img, "fixed")], tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0

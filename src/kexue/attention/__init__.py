@@ -1,7 +1,9 @@
 """kexue.attention: sparse attention that really saves time and memory (article 1).
 
 Functional kernels on ``(b, h, n, e)`` tensors (:mod:`kexue.attention.functional`), dense reference
-masks and pictures (:mod:`kexue.attention.patterns`), modules and Transformer blocks.
+masks and pictures as data (:mod:`kexue.attention.patterns`), modules, Transformer blocks and a
+causal character LM (:mod:`kexue.attention.lm`); :mod:`kexue.attention.recipe` trains it on the
+shipped text.
 """
 
 from kexue.attention.functional import (
@@ -15,7 +17,14 @@ from kexue.attention.functional import (
     strided_attention,
 )
 from kexue.attention.layers import KVCache, MultiHeadCrossAttention, MultiHeadSelfAttention
-from kexue.attention.patterns import KINDS, draw_pattern, head_pattern_masks, pattern_mask
+from kexue.attention.lm import CharLM
+from kexue.attention.patterns import (
+    KINDS,
+    head_pattern_masks,
+    pattern_mask,
+    pattern_picture,
+    pattern_title,
+)
 from kexue.attention.transformer import (
     DecoderCache,
     TransformerDecoderBlock,
@@ -24,6 +33,7 @@ from kexue.attention.transformer import (
 
 __all__ = [
     "KINDS",
+    "CharLM",
     "DecoderCache",
     "KVCache",
     "MultiHeadCrossAttention",
@@ -32,13 +42,14 @@ __all__ = [
     "TransformerEncoderBlock",
     "atrous_attention",
     "attention",
-    "draw_pattern",
     "fixed_attention",
     "full_attention",
     "head_pattern_masks",
     "local_attention",
     "masked_attention",
     "pattern_mask",
+    "pattern_picture",
+    "pattern_title",
     "sparse_attention",
     "strided_attention",
 ]

@@ -8,18 +8,14 @@ Measurement, honestly stated:
 
 * **time**: wall clock (``time.perf_counter``), best of ``repeats``, of one forward and of one
   forward + backward (``out.backward(grad)``) on ``(b, h, n, e)`` fp32 tensors;
-* **peak extra memory**: increase of the process's resident set (``VmHWM`` after resetting it
-  through ``/proc/self/clear_refs``, minus ``VmRSS`` before) during one forward + backward,
-  measured in a second phase with glibc's mmap threshold lowered to 64 KiB (and ``malloc_trim``)
-  so freed tensors go back to the OS instead of hiding in the heap. It includes the output and the
-  ``q, k, v`` gradients; inputs and precomputed masks are allocated before the baseline. ``None``
-  where ``/proc`` or glibc is unavailable.
+* **peak extra memory**: increase of the process's resident set during one forward + backward
+  (:func:`kexue.core.timing.peak_extra_mib`), measured in a second phase. It includes the output
+  and the ``q, k, v`` gradients; inputs and precomputed masks are allocated before the baseline.
+  ``None`` where ``/proc`` or glibc is unavailable.
 """
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import math
 import time
 from collections.abc import Callable
@@ -30,6 +26,8 @@ import torch.nn.functional as F
 
 from kexue.attention.functional import atrous_attention, local_attention, sparse_attention
 from kexue.attention.patterns import pattern_mask
+from kexue.core.timing import peak_extra_mib as peak_rss_mib
+from kexue.core.timing import time_calls
 
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -120,69 +118,27 @@ def time_method(
     """Best-of-``repeats`` wall-clock seconds of forward (``fwd_s``) and forward+backward
     (``fwd_bwd_s``, NaN if ``backward`` is False) on ``(b, h, n, e)`` inputs, and the process CPU
     seconds of those same calls (``fwd_cpu_s``, ``fwd_bwd_cpu_s``: with one thread on a busy
-    machine, CPU time is the fairer comparison)."""
+    machine, CPU time is the fairer comparison). Timing by :func:`kexue.core.timing.time_calls`."""
     q, k, v, go = _inputs(n, b, h, e, backward)
     t0 = time.perf_counter()
     _run(fn, q, k, v, go, False)  # warm-up (and compile, for FlexAttention)
     warmup = time.perf_counter() - t0
-    fwd = bwd = (math.inf, math.inf)
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        _run(fn, q, k, v, go, False)
-        fwd = min(fwd, (time.perf_counter() - t0, time.process_time() - c0))
-        if backward:
-            t0, c0 = time.perf_counter(), time.process_time()
-            _run(fn, q, k, v, go, True)
-            bwd = min(bwd, (time.perf_counter() - t0, time.process_time() - c0))
-    if not backward:
-        bwd = (math.nan, math.nan)
-    return {
-        "fwd_s": fwd[0], "fwd_bwd_s": bwd[0], "fwd_cpu_s": fwd[1], "fwd_bwd_cpu_s": bwd[1],
-        "warmup_s": warmup,
-    }  # fmt: skip
-
-
-def _libc():
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
+    fwd = time_calls(lambda: _run(fn, q, k, v, go, False), warmup=0, repeats=repeats)
+    out = {"fwd_s": fwd.best, "fwd_cpu_s": fwd.best_cpu, "warmup_s": warmup}
+    out.update(fwd_bwd_s=math.nan, fwd_bwd_cpu_s=math.nan)
+    if backward:
+        bwd = time_calls(lambda: _run(fn, q, k, v, go, True), warmup=0, repeats=repeats)
+        out.update(fwd_bwd_s=bwd.best, fwd_bwd_cpu_s=bwd.best_cpu)
+    return out
 
 
 def peak_extra_mib(
     fn: AttnFn, n: int, *, b: int = 1, h: int = 8, e: int = 64, backward: bool = True
 ) -> float | None:
-    """Peak resident-memory increase (MiB) during one forward(+backward); see the module doc.
-
-    Lowers glibc's mmap threshold for the rest of the process: call after all timings.
-    """
-    libc = _libc()
-    try:
-        _status("VmHWM:")
-    except (OSError, KeyError):
-        return None
-    if libc is None:
-        return None
-    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: large blocks are mmapped, freed to the OS
+    """Peak resident-memory increase (MiB) during one forward(+backward), inputs excluded
+    (:func:`kexue.core.timing.peak_extra_mib`). Call after all timings."""
     q, k, v, go = _inputs(n, b, h, e, backward)
-    gc.collect()
-    libc.malloc_trim(0)
-    base = _status("VmRSS:")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-    except OSError:
-        return None
-    _run(fn, q, k, v, go, backward)
-    return (_status("VmHWM:") - base) / 2**20
+    return peak_rss_mib(lambda: _run(fn, q, k, v, go, backward))
 
 
 def run_benchmark(

@@ -184,58 +184,30 @@ def head_pattern_masks(
     )
 
 
-def draw_pattern(
-    kind: str,
-    n: int = 16,
-    *,
-    causal: bool = False,
-    part: int | None = None,
-    ax: Any = None,
-    title: str | None = None,
-    **params: Any,
-) -> Any:
-    """Draw an article-style picture: row = query, column = key, filled = attended.
+def pattern_picture(
+    kind: str, n: int = 16, *, causal: bool = False, part: int | None = None, **params: Any
+) -> torch.Tensor:
+    """An article-style picture of a pattern as data: row = query i, column = key j.
 
     Args:
         kind: one of :data:`KINDS`.
         n: sequence length (small, e.g. 16).
         causal: causal variant.
-        part: strided/fixed sub-pattern, ``None`` draws the union (parts in two colours).
-        ax: matplotlib axes; a new figure is created if ``None``.
-        title: axes title (default: the pattern and its parameters).
+        part: strided/fixed sub-pattern; ``None`` gives the union with the two parts told apart.
         **params: pattern hyper-parameters.
 
     Returns:
-        The matplotlib axes.
+        ``(n, n)`` long tensor: 0 = not attended, 1 = attended (strided/fixed union: by heads A1),
+        2 = attended by heads A2 only. Draw it with :func:`kexue.report.plots.mask_images`.
     """
-    import matplotlib.pyplot as plt  # noqa: PLC0415 (matplotlib only when drawing)
-    from matplotlib.colors import ListedColormap
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(3, 3))
     if kind in ("strided", "fixed") and part is None:
-        img = pattern_mask(kind, n, causal=causal, part=0, **params).int()
-        img = img + 2 * pattern_mask(kind, n, causal=causal, part=1, **params).int()
-        img = torch.where(img == 3, torch.tensor(1), img)
-        cmap = ListedColormap(["#f4f4f4", "#1f77b4", "#ff7f0e"])
-        vmax = 2
-    else:
-        img = pattern_mask(kind, n, causal=causal, part=part, **params).int()
-        cmap = ListedColormap(["#f4f4f4", "#1f77b4"])
-        vmax = 1
-    ax.imshow(img.numpy(), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    ax.set_xticklabels([])
-    ax.set_yticklabels([])
-    ax.set_xticks([x - 0.5 for x in range(1, n)], minor=True)
-    ax.set_yticks([x - 0.5 for x in range(1, n)], minor=True)
-    ax.grid(which="minor", color="white", linewidth=0.6)
-    ax.tick_params(which="both", length=0)
-    if title is None:
-        ps = ", ".join(f"{k}={v}" for k, v in resolve_params(kind, **params).items())
-        title = f"{kind}({ps})" + (" causal" if causal else "")
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("key j", fontsize=8)
-    ax.set_ylabel("query i", fontsize=8)
-    return ax
+        a1 = pattern_mask(kind, n, causal=causal, part=0, **params)
+        a2 = pattern_mask(kind, n, causal=causal, part=1, **params)
+        return torch.where(a1, 1, torch.where(a2, 2, 0)).long()
+    return pattern_mask(kind, n, causal=causal, part=part, **params).long()
+
+
+def pattern_title(kind: str, *, causal: bool = False, **params: Any) -> str:
+    """``"local(window=3) causal"``: the pattern and its resolved parameters, for captions."""
+    ps = ", ".join(f"{k}={v}" for k, v in resolve_params(kind, **params).items())
+    return f"{kind}({ps})" + (" causal" if causal else "")

@@ -9,7 +9,6 @@ $\mathbb E\lVert Wx\rVert^2=\lVert x\rVert^2$.
   ``orthogonal_``, ``init_module_``.
 * :mod:`kexue.init.geometry`: ``angle_pdf``, ``cos_angle_pdf``, ``angle_cdf``, ``angle_variance``,
   ``sample_angles``, ``orthogonality_stats``, ``singular_values``, ``norm_propagation``.
-* :mod:`kexue.init.plots`: the experiment's pictures (matplotlib imported inside the functions).
 """
 
 from kexue.init.geometry import (

@@ -108,8 +108,10 @@ def test_incomplete_or_corrupt_directories_are_ignored(tmp_path):
     assert not is_valid_checkpoint(torn) and not is_valid_checkpoint(trunc)
     assert latest_checkpoint(root) == good
     assert [p.name for p in list_checkpoints(root)] == ["step_00000002", "step_00000004"]
-    with pytest.raises(FileNotFoundError, match="manifest"):
+    with pytest.raises(ckpt_mod.CorruptCheckpointError, match="state.safetensors.*manifest"):
         load_checkpoint(trunc)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_checkpoint(root / "step_00000077")
 
 
 def test_resave_same_step_replaces_atomically(tmp_path):

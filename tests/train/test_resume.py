@@ -189,7 +189,7 @@ def test_resume_truncates_metrics_written_after_the_checkpoint(tmp_path):
 def test_fresh_start_in_used_dir_drops_old_checkpoints(tmp_path):
     _trainer(tmp_path, 12, ckpt_every=4).fit()
     with pytest.warns(UserWarning, match="deleting"):
-        _trainer(tmp_path, 3).fit()  # fresh, shorter run in the same out_dir
+        _trainer(tmp_path, 3).fit(overwrite=True)  # fresh, shorter run in the same out_dir
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step_00000003"
     t = _trainer(tmp_path, 5)
     assert t.fit(resume=True)["steps"] == 5

@@ -3,10 +3,15 @@
 Nothing is lost: every write goes to a temporary file in the target directory, is flushed and
 fsync'ed, then renamed over the target (``os.replace`` is atomic on POSIX), so a crash leaves
 either the old file or the new one, never a torn one.
+
+Permissions: ``tempfile.mkstemp`` creates its file with mode 0600; the result is given the mode a
+plain ``open(path, "w")`` would give a new file (``0666 & ~umask``, i.e. 0644 under the usual
+umask 022), so reports and weights are readable like any other output.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -17,12 +22,41 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux ``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic set-and-restore (briefly process-wide)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """Mode ``open(path, "w")`` would give a new file: ``0666 & ~umask`` (``mkstemp`` gives 0600)."""
+    return 0o666 & ~current_umask()
+
+
+def default_dir_mode() -> int:
+    """Mode ``os.mkdir`` would give a new directory: ``0777 & ~umask`` (``mkdtemp`` gives 0700)."""
+    return 0o777 & ~current_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename).
+
+    The file gets mode ``0666 & ~umask``, as ``open(path, "w")`` would give a new file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = default_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -70,10 +104,12 @@ def save_safetensors(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    mode = default_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         save_file(clean, tmp, metadata=metadata)
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -92,3 +128,12 @@ def load_safetensors(
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return load_file(str(path), device=str(device))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's content, read in ``chunk``-byte pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -26,6 +26,8 @@ needs (``is_main_process()``, ``world_size()``, ``barrier()``, ``unwrap(model)``
 
 from kexue.train import distributed
 from kexue.train.checkpoint import (
+    CorruptCheckpointError,
+    checkpoint_problem,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -38,9 +40,11 @@ from kexue.train.distributed import barrier, is_main_process, unwrap, world_size
 from kexue.train.trainer import Trainer, move_to_device
 
 __all__ = [
+    "CorruptCheckpointError",
     "Trainer",
     "TrainConfig",
     "barrier",
+    "checkpoint_problem",
     "distributed",
     "is_main_process",
     "latest_checkpoint",

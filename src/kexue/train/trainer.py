@@ -39,9 +39,11 @@ from kexue.core.io import atomic_write_json
 from kexue.core.seed import seed_everything
 from kexue.train import distributed as dist
 from kexue.train.checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
+    CorruptCheckpointError,
+    apply_weights,
+    checkpoint_dirs,
+    checkpoint_problem,
+    read_checkpoint,
     save_checkpoint,
     save_model,
 )
@@ -269,20 +271,63 @@ class Trainer:
         dist.barrier()
         return path
 
+    def _find_resumable(self) -> tuple[Path, dict[str, Any], dict[str, Any]] | None:
+        """Newest checkpoint in ``ckpt_root`` that verifies and parses; set the others aside.
+
+        Corrupt newer checkpoints are renamed ``corrupt_step_*`` (kept for inspection, never
+        loaded, counted by ``keep_last`` or deleted) and named in a warning.
+        """
+        assert self.ckpt_root is not None
+        skipped: list[str] = []
+        found = None
+        for path in reversed(checkpoint_dirs(self.ckpt_root)):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                try:
+                    weights, state = read_checkpoint(path)
+                except CorruptCheckpointError as err:
+                    problem = str(err)
+                else:
+                    found = (path, weights, state)
+                    break
+            skipped.append(f"{path.name} ({problem})")
+            if self._writes():
+                aside = path.with_name(f"corrupt_{path.name}")
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(path, aside)
+        listing = "; ".join(skipped)
+        if found is None:
+            if skipped:
+                warnings.warn(
+                    f"resume=True but no valid checkpoint in {self.ckpt_root}: skipped corrupt "
+                    f"checkpoint(s) {listing} (kept as corrupt_step_*); starting from scratch",
+                    stacklevel=4,
+                )
+            else:
+                warnings.warn(
+                    f"resume=True but no checkpoint in {self.ckpt_root}; starting from scratch",
+                    stacklevel=4,
+                )
+        elif skipped:
+            warnings.warn(
+                f"skipped corrupt checkpoint(s) in {self.ckpt_root}: {listing} (kept as "
+                f"corrupt_step_*); resuming from {found[0].name} instead",
+                stacklevel=4,
+            )
+        return found
+
     def _resume(self, resume: bool | str | os.PathLike) -> bool:
         if resume is True:
             if self.ckpt_root is None:
                 raise ValueError("resume=True needs an out_dir")
-            path = latest_checkpoint(self.ckpt_root)
-            if path is None:
-                warnings.warn(
-                    f"resume=True but no checkpoint in {self.ckpt_root}; starting from scratch",
-                    stacklevel=3,
-                )
+            found = self._find_resumable()
+            if found is None:
                 return False
+            path, weights, state = found
         else:
             path = Path(resume)
-        state = load_checkpoint(path, model=dist.unwrap(self.model))
+            weights, state = read_checkpoint(path)  # raises one line naming what is wrong
+        apply_weights(self.model, weights, path / "model.safetensors")
         if (
             state["config"].get("batch_size") != self.config.batch_size
             or state["config"].get("seed") != self.config.seed
@@ -314,10 +359,21 @@ class Trainer:
         self.log.truncate_after(self.step)  # drop what a crashed run logged after this point
         return True
 
-    def _start_fresh(self) -> None:
-        """Seed, zero the counters; in a used ``out_dir`` drop the old log and checkpoints.
+    def _refuse_to_discard(self, overwrite: bool) -> None:
+        """``fit(resume=False)`` in an ``out_dir`` that holds checkpoints: refuse unless told."""
+        if self.ckpt_root is None or overwrite:
+            return
+        old = checkpoint_dirs(self.ckpt_root)
+        if old:
+            raise ValueError(
+                f"{self.ckpt_root} already holds {len(old)} checkpoint(s) (newest {old[-1].name}); "
+                "a fresh fit() would replace that run's checkpoints and metrics.jsonl: pass "
+                "resume=True to continue it, overwrite=True to start over, or another out_dir"
+            )
 
-        Otherwise a later ``resume=True`` could pick up the previous run's (later) checkpoint.
+    def _start_fresh(self) -> None:
+        """Seed, zero the counters; in a used ``out_dir`` (``overwrite=True``) drop the old log
+        and checkpoints, so a later ``resume=True`` cannot pick up the previous run's.
         """
         seed_everything(self.config.seed + self.rank)
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -325,10 +381,11 @@ class Trainer:
         if not self._writes():
             return
         assert self.ckpt_root is not None
-        stale = list_checkpoints(self.ckpt_root)
+        stale = checkpoint_dirs(self.ckpt_root)
         if stale:
             warnings.warn(
-                f"fresh start (resume=False) in {self.out_dir}: deleting {len(stale)} old checkpoint(s)",
+                f"fresh start (overwrite=True) in {self.out_dir}: deleting {len(stale)} old "
+                "checkpoint(s)",
                 stacklevel=3,
             )
             for path in stale:
@@ -382,22 +439,37 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------------ main loop
-    def fit(self, resume: bool | str | os.PathLike = False) -> dict[str, Any]:
+    def fit(
+        self, resume: bool | str | os.PathLike = False, *, overwrite: bool = False
+    ) -> dict[str, Any]:
         """Train until ``max_steps``/``epochs``; checkpoint, log and evaluate along the way.
 
         Args:
-            resume: False: start fresh (seeding with ``config.seed``; old checkpoints in
-                ``out_dir`` are deleted). True: continue from the newest valid checkpoint in
-                ``out_dir/checkpoints`` (fresh start, with a warning, if there is none). A path:
-                continue from that checkpoint directory.
+            resume: False: start fresh (seeding with ``config.seed``). True: continue from the
+                newest checkpoint in ``out_dir/checkpoints`` whose files match their manifest
+                hashes; corrupt newer ones are skipped with a warning naming them (fresh start,
+                with a warning, if none is valid). A path: continue from that checkpoint
+                directory (an error if it is corrupt).
+            overwrite: with ``resume=False`` in an ``out_dir`` that already holds checkpoints,
+                delete them (and ``metrics.jsonl``) and start over; without it such a call
+                raises ``ValueError`` so a finished or interrupted run is never lost by accident.
 
         Returns:
             ``{"steps", "epochs", "wall_time", "train": last train record's values (loss, lr,
             grad_norm, loss_fn metrics, steps_per_s, tokens_per_s), "eval": last eval metrics
             (or {}), "evals": all eval records, "tokens_per_s": float or None, "checkpoint":
             last checkpoint path or None, "out_dir"}``. Identical on every rank.
+
+        Raises:
+            ValueError: ``resume=False`` in an ``out_dir`` holding checkpoints without
+                ``overwrite=True``; ``resume`` is a path to a corrupt checkpoint
+                (:class:`~kexue.train.checkpoint.CorruptCheckpointError`) or to another model's.
         """
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__}")
         cfg = self.config
+        if not resume:
+            self._refuse_to_discard(overwrite)
         self._t0 = time.perf_counter()
         resumed = bool(resume) and self._resume(resume)
         if not resumed:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kexue.core import timing
 from kexue.optim.lazy import Lazy
 from kexue.optim.lookahead import Lookahead
 
@@ -44,27 +45,10 @@ def time_calls(
     warmup: int = 2,
     repeats: int = 10,
 ) -> list[float]:
-    """Time ``fn()`` ``repeats`` times (after ``warmup`` calls), in milliseconds.
-
-    Args:
-        fn: the call to time.
-        before: called with the call number before each call, outside the timed region.
-        warmup: untimed calls first.
-        repeats: timed calls.
-
-    Returns:
-        ``repeats`` durations in ms.
-    """
-    out = []
-    for i in range(warmup + repeats):
-        if before is not None:
-            before(i)
-        t0 = time.perf_counter()
-        fn()
-        dt = (time.perf_counter() - t0) * 1e3
-        if i >= warmup:
-            out.append(dt)
-    return out
+    """Durations of ``repeats`` calls of ``fn()`` after ``warmup`` untimed ones, in milliseconds
+    (:func:`kexue.core.timing.time_calls`; ``before(i)`` runs outside the timed region)."""
+    t = timing.time_calls(fn, warmup=warmup, repeats=repeats, before=before)
+    return [w * 1e3 for w in t.wall]
 
 
 def _make_optimizer(

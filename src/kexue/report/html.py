@@ -95,10 +95,7 @@ def section_html(res: Result | dict[str, Any], image_prefix: str = "") -> str:
     if res.notes:
         parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{inline(n)}</li>" for n in res.notes))
         parts[-1] += "</ul>"
-    for label, key, rows in key_value_tables(res):
-        cols = [key, "label", "value"]
-        if key != "metric":
-            rows, cols = [[r[0], r[2]] for r in rows], [key, "value"]
+    for label, cols, rows in key_value_tables(res):
         parts.append(f"<details><summary>{e(label)}</summary>{table_html(cols, rows)}</details>")
     if p:
         env = p.environment

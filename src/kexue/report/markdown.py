@@ -52,19 +52,19 @@ def comparison_rows(res: Result) -> list[list[Any]]:
     return [[c.quantity, c.article, c.ours, c.verdict, c.note] for c in res.comparison]
 
 
-def key_value_tables(res: Result) -> list[tuple[str, str, list[list[Any]]]]:
-    """``(label, key, rows)`` for the non-empty metrics (key, label, value) and config tables."""
-    out = []
+def key_value_tables(res: Result) -> list[tuple[str, list[str], list[list[Any]]]]:
+    """``(label, columns, rows)`` for the non-empty metrics (key, label, value) and config tables."""
+    out: list[tuple[str, list[str], list[list[Any]]]] = []
     if res.metrics:
         rows = [[k, res.labels.get(k, ""), v] for k, v in res.metrics.items()]
-        out.append(("Key metrics", "metric", rows))
+        out.append(("Key metrics", ["metric", "label", "value"], rows))
     config = res.provenance.config if res.provenance else {}
     if config:
         rows = [
-            [k, "", v if isinstance(v, int | float | str) or v is None else str(v)]
+            [k, v if isinstance(v, int | float | str) or v is None else str(v)]
             for k, v in config.items()
         ]
-        out.append(("Configuration", "field", rows))
+        out.append(("Configuration", ["field", "value"], rows))
     return out
 
 
@@ -98,11 +98,7 @@ def render_section(res: Result | dict[str, Any], image_prefix: str = "") -> str:
             lines += [f"*{plot.caption}*", ""]
     if res.notes:
         lines += ["### Notes", ""] + [f"- {n}" for n in res.notes] + [""]
-    for label, key, rows in key_value_tables(res):
-        cols = [key, "label", "value"] if key == "metric" else [key, "", "value"]
-        if key != "metric":
-            rows = [[r[0], r[2]] for r in rows]
-            cols = [key, "value"]
+    for label, cols, rows in key_value_tables(res):
         lines += [f"<details><summary>{label}</summary>", "", table_md(cols, rows)]
         lines += ["", "</details>", ""]
     if p:

@@ -98,7 +98,9 @@ class Plot:
 
     def __post_init__(self) -> None:
         if not self.file or "/" in self.file or "\\" in self.file or self.file.startswith("."):
-            raise ValueError(f"Plot.file must be a plain file name in the run dir, got {self.file!r}")
+            raise ValueError(
+                f"Plot.file must be a plain file name in the run dir, got {self.file!r}"
+            )
 
 
 @dataclass

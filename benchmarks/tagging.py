@@ -10,7 +10,7 @@ time, so the minimum is the steadiest estimate; ratios come from the same run.
   ``LinearChainCRF``;
 * head loss forward+backward, MEMM / Bi-MEMM vs our CRF (no recursion in the MEMM).
 
-Usage: ``python benchmarks/tagging.py [--quick] [--repeats 7] [--no-struct]``. torch-struct is
+Usage: ``python benchmarks/tagging.py [--quick | --crf-only] [--repeats 7] [--no-struct]``. torch-struct is
 timed only for t*k <= 6400 and the reference path only for t <= 128 (both take seconds per call).
 Targets (issue 4): CRF loss and Viterbi >= 3x faster than pytorch-crf at t=128, k=20;
 MEMM loss >= 5x faster than our CRF at t=512.
@@ -21,28 +21,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 
+from kexue.core.timing import time_calls
 from kexue.tagging import CRF, MEMM, BiMEMM
 
 
-def _time(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def best_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Interleaved timing: every round runs each function once; returns the minimum in ms."""
+    """Interleaved timing: every round runs each function once; returns the minimum in ms.
+
+    One warm-up call each, then ``repeats`` rounds, at every size (the README's "best of 7" is
+    literally 7 rounds, also at t=512).
+    """
     for fn in fns.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            times[name].append(_time(fn))
+            times[name].append(time_calls(fn, warmup=0, repeats=1).best_ms)
     return {name: min(v) for name, v in times.items()}
 
 
@@ -122,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="only t=128, k=20 and t=512, k=20")
+    ap.add_argument("--crf-only", action="store_true", help="only the CRF loss at t=128, k=20")
     ap.add_argument("--no-struct", action="store_true", help="skip torch-struct (slow)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument(
@@ -143,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [(t, k) for t in (32, 128, 512) for k in (5, 20, 50)]
     if args.quick:
         sizes = [(128, 20), (512, 20)]
+    if args.crf_only:
+        sizes = [(128, 20)]
     print("\n### CRF loss forward+backward and Viterbi (ms, lower is better)\n")
     print(
         "| t | k | loss: kexue fast | kexue reference | pytorch-crf | torch-struct | speed-up vs pytorch-crf "
@@ -153,9 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  timing t={t} k={k} ...", file=sys.stderr)
         struct = not args.no_struct and t * k <= 128 * 50
         loss_fns, dec_fns = crf_cases(b, t, k, struct, reference=t <= 128)
-        reps = args.repeats if t < 512 else max(3, args.repeats // 2)
-        lm = best_ms(loss_fns, reps)
-        dm = best_ms(dec_fns, reps)
+        lm = best_ms(loss_fns, args.repeats)
+        dm = best_ms(dec_fns, args.repeats)
 
         def cell(d: dict[str, float], key: str) -> str:
             return f"{d[key]:.1f}" if key in d else "-"
@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{cell(dm, 'kexue')} | {cell(dm, 'pytorch-crf')} | {cell(dm, 'torch-struct')} | {dsp:.1f}x |",
             flush=True,
         )
+    if args.crf_only:
+        return 0
     print("\n### Head loss forward+backward: MEMM / Bi-MEMM vs CRF (ms)\n")
     print("| t | k | CRF | MEMM | Bi-MEMM | CRF / MEMM | CRF / Bi-MEMM |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

@@ -1,30 +1,56 @@
 r"""Linear-chain sum-product: log partition and marginals, reference and fast paths.
 
-$$\alpha_1=f_1,\quad \alpha_k(j)=f_k(j)+\log\sum_i e^{\alpha_{k-1}(i)+g(i,j)},\quad
-\log Z=\log\sum_j e^{\alpha_n(j)}$$
+$$\alpha_1=f_1,\quad \alpha_s(j)=f_s(j)+\log\sum_i e^{\alpha_{s-1}(i)+g(i,j)},\quad
+\log Z=\log\sum_j e^{\alpha_t(j)}$$
 
-(Su, 《简明条件随机场CRF介绍》, 2018, multiplicative form $Z_{k}=Z_{k-1}G\otimes H_{k}$).
+for emissions $f$ ``(b, t, k)`` (t steps, k tags) and transitions $g$ ``(k, k)``
+(Su, 《简明条件随机场CRF介绍》, 2018, multiplicative form $Z_s=Z_{s-1}G\otimes H_s$).
 
 * :func:`log_partition_reference` is the readable log-space recursion; autograd differentiates
-  through all ``t`` steps. Used as the oracle for the fast path and as its fallback.
+  through all ``t`` steps. It is the oracle of the fast path and, run in float64, its exact
+  fallback.
 * :class:`LogPartition` is a custom ``autograd.Function``: the forward pass runs the recursion in
   exp space with per-step rescaling (one ``(b, k) @ (k, k)`` product per step instead of a
   logsumexp over ``(b, k, k)``), the backward pass runs the backward recursion once and returns the
-  forward-backward marginals, since $\partial\log Z/\partial f_k(j)=P(y_k=j)$ and
-  $\partial\log Z/\partial g(i,j)=\sum_k P(y_{k-1}=i,y_k=j)$.
+  forward-backward marginals, since $\partial\log Z/\partial f_s(j)=P(y_s=j)$ and
+  $\partial\log Z/\partial g(i,j)=\sum_s P(y_{s-1}=i,y_s=j)$.
 
-Exp space loses states more than ~87-103 nats (float32) below the best prefix at a step; if that
-makes a normaliser vanish the result is non-finite and :func:`log_partition` reruns the reference
-path. A lost prefix that a later step makes dominant (it needs score gaps of ~90+ nats and
-transitions that block the other prefixes) gives a finite $\log Z$ that is too small; the CRF loss
-detects it as $\log Z<s(y)$ for the gold path and reruns the reference path too.
-Masks are right-padded prefix masks; at a padded step the state is carried unchanged.
+**When exp space is exact.** Let $R=\max_s(\max_j f_s(j)-\min_j f_s(j))+\max g-\min g$ over the
+valid steps of a row. Every rescaled forward state then satisfies
+$\bar\alpha_s(j)\ge e^{-R}/k$ (and the backward states likewise), because
+$q_s(j)=\sum_i\bar\alpha_{s-1}(i)e^{g(i,j)-\max g}e^{f_s(j)-\max f_s}\ge e^{-R}$ with
+$\sum_i\bar\alpha_{s-1}(i)=1$ and $\sum_jq_s(j)\le k$. With $R\le$ :data:`EXP_SAFE_RANGE`
+(40 nats) no state, product of two states or pair-marginal scale leaves float32's normal range,
+so nothing underflows and only rounding remains. Rows with a wider range (large emissions,
+``-1e4`` constraint penalties, non-finite values) are computed by the log-space recursion in
+float64 and cast back: exact for any finite potentials, never NaN. Masks are right-padded prefix
+masks; at a padded step the state is carried unchanged.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+EXP_SAFE_RANGE = 40.0  # nats; see the module docstring for the bound
+
+
+def exp_safe_rows(emissions: Tensor, transitions: Tensor, mask: Tensor) -> Tensor:
+    """Rows whose potentials span at most :data:`EXP_SAFE_RANGE` nats (exp space is exact).
+
+    Args:
+        emissions: ``(b, t, k)``.
+        transitions: ``(k, k)``.
+        mask: ``(b, t)`` bool prefix mask.
+
+    Returns:
+        ``(b,)`` bool, True where $\\max_s \\mathrm{range}_j f_s(j)+\\mathrm{range}\\,g\\le 40$.
+    """
+    with torch.no_grad():
+        g_range = transitions.max() - transitions.min()
+        f_range = (emissions.amax(2) - emissions.amin(2)).masked_fill(~mask, 0.0).amax(1)
+        total = f_range + g_range
+        return torch.isfinite(total) & (total <= EXP_SAFE_RANGE)
 
 
 def log_partition_reference(emissions: Tensor, transitions: Tensor, mask: Tensor) -> Tensor:
@@ -135,27 +161,59 @@ class LogPartition(torch.autograd.Function):
 
 
 def log_partition(emissions: Tensor, transitions: Tensor, mask: Tensor) -> Tensor:
-    """Fast $\\log Z$ ``(b,)`` (custom backward); falls back to the reference if exp space fails.
+    """Fast $\\log Z$ ``(b,)`` with a custom backward, exact for any finite potentials.
 
-    Half-precision inputs (e.g. under bf16 autocast) are computed in float32.
+    Rows that :func:`exp_safe_rows` accepts run in exp space; the others run the log-space
+    recursion in float64 (cast back). Half-precision inputs (e.g. under bf16 autocast) are
+    computed in float32.
+
+    Args:
+        emissions: ``(b, t, k)``.
+        transitions: ``(k, k)``, row = previous tag.
+        mask: ``(b, t)`` bool prefix mask.
+
+    Returns:
+        ``(b,)`` $\\log Z$ in the (float32 or wider) dtype of ``emissions``.
     """
     if emissions.dtype in (torch.float16, torch.bfloat16):
         emissions = emissions.float()
     transitions = transitions.to(emissions.dtype)
-    log_z = LogPartition.apply(emissions, transitions, mask)
-    if not bool(torch.isfinite(log_z).all()):
-        return log_partition_reference(emissions, transitions, mask)
-    return log_z
+    safe = exp_safe_rows(emissions, transitions, mask)
+    if bool(safe.all()):
+        return LogPartition.apply(emissions, transitions, mask)
+    wide = (~safe).nonzero().squeeze(1)
+    exact = log_partition_reference(emissions[wide].double(), transitions.double(), mask[wide]).to(
+        emissions.dtype
+    )
+    if not bool(safe.any()):
+        return exact
+    ok = safe.nonzero().squeeze(1)
+    fast = LogPartition.apply(emissions[ok], transitions, mask[ok])
+    out = emissions.new_zeros(emissions.shape[0])
+    return out.index_copy(0, ok, fast).index_copy(0, wide, exact)
 
 
 def marginals_exp(emissions: Tensor, transitions: Tensor, mask: Tensor) -> Tensor:
-    """Unary marginals ``(b, t, k)`` $P(y_s=j\\mid x)$ (0 at padded steps), no autograd graph."""
+    """Unary marginals ``(b, t, k)`` $P(y_s=j\\mid x)$ (0 at padded steps), no autograd graph.
+
+    Same split as :func:`log_partition`: exp space where exact, float64 log space elsewhere.
+    """
     with torch.no_grad():
-        log_z, p, ef, e, s = _forward_exp(emissions, transitions, mask)
-        if not bool(torch.isfinite(log_z).all()):
-            return _marginals_autograd(emissions, transitions, mask)
-        weight = torch.ones(emissions.shape[0], dtype=emissions.dtype, device=emissions.device)
-        return _marginal_grads(p, ef, e, s, mask, weight)[0]
+        if emissions.dtype in (torch.float16, torch.bfloat16):
+            emissions = emissions.float()
+        transitions = transitions.to(emissions.dtype)
+        out = torch.zeros_like(emissions)
+        safe = exp_safe_rows(emissions, transitions, mask)
+        if bool(safe.any()):
+            ok = safe.nonzero().squeeze(1)
+            _, p, ef, e, s = _forward_exp(emissions[ok], transitions, mask[ok])
+            weight = torch.ones(len(ok), dtype=emissions.dtype, device=emissions.device)
+            out[ok] = _marginal_grads(p, ef, e, s, mask[ok], weight)[0]
+        if not bool(safe.all()):
+            wide = (~safe).nonzero().squeeze(1)
+            grad = _marginals_autograd(emissions[wide].double(), transitions.double(), mask[wide])
+            out[wide] = grad.to(emissions.dtype)
+        return out
 
 
 def _marginals_autograd(emissions: Tensor, transitions: Tensor, mask: Tensor) -> Tensor:
@@ -163,4 +221,4 @@ def _marginals_autograd(emissions: Tensor, transitions: Tensor, mask: Tensor) ->
         em = emissions.detach().requires_grad_(True)
         log_z = log_partition_reference(em, transitions.detach(), mask)
         (grad,) = torch.autograd.grad(log_z.sum(), em)
-    return grad
+    return grad * mask.unsqueeze(2)

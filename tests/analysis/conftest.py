@@ -1,0 +1,14 @@
+"""kexue.analysis tests: run single-threaded (tiny ops; two threads on a busy 2-core box stall)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -47,9 +47,17 @@ _SHIPPED = Path(__file__).resolve().parent / "shipped"
 FileRef = tuple[str, ...]  # alternatives relative to the data root, first found wins
 
 
-@dataclass(frozen=True)
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _whole(data: Any, split: str) -> Any:
+    return data
+
+
+@dataclass(frozen=True, kw_only=True)
 class DatasetInfo:
-    """Static description of one registered dataset.
+    """Static description of one registered dataset: adding a dataset is one entry below.
 
     Attributes:
         name: registry name (``"msra-ner"``).
@@ -58,7 +66,10 @@ class DatasetInfo:
         splits: split -> files (each a tuple of alternative relative paths) read for it.
         counts: split -> number of examples in the shipped copy (``None``: not shipped).
         licence: licence as stated by the source (see each ``SOURCE.md``).
-        kind: parser key (private).
+        reader: ``reader(paths) -> parsed``, the split's resolved files to data; cached by the
+            files' path, size and mtime, so splits sharing files are parsed once.
+        select: ``select(parsed, split) -> data`` where one parse holds several splits.
+        copy: returns a fresh copy of ``data`` for each :func:`load` (callers may modify it).
         aliases: extra split names mapped to a real split.
         notes: provenance and caveats (which files, how the split is made).
     """
@@ -69,7 +80,9 @@ class DatasetInfo:
     splits: dict[str, tuple[FileRef, ...]]
     counts: dict[str, int | None]
     licence: str
-    kind: str
+    reader: Callable[[list[Path]], Any]
+    select: Callable[[Any, str], Any] = _whole
+    copy: Callable[[Any], Any] = _identity
     aliases: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 
@@ -78,8 +91,79 @@ def _f(*alternatives: str) -> FileRef:
     return tuple(alternatives)
 
 
-_CWS = "list[list[str]] (words per sentence)"
-_TAG = "list[tuple[list[str], list[str]]] (tokens, tags)"
+def _first(read: Callable[[Path], Any]) -> Callable[[list[Path]], Any]:
+    """A reader of one file as a reader of the split's file list."""
+
+    def reader(paths: list[Path]) -> Any:
+        return read(paths[0])
+
+    reader.__name__ = read.__name__
+    return reader
+
+
+def _pairs(paths: list[Path]) -> list[tuple[str, str]]:
+    return [pair for p in paths for pair in readers.read_pairs_tsv(p)]
+
+
+def _mnist(paths: list[Path]) -> tuple[Any, Any]:
+    images, labels = (readers.read_mnist_idx(p) for p in paths)
+    if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+        raise ValueError(
+            f"MNIST images {tuple(images.shape)} ({paths[0]}) and labels "
+            f"{tuple(labels.shape)} ({paths[1]}) do not match"
+        )
+    return images, labels
+
+
+def _msra_split(sentences: list, split: str) -> list:
+    return sentences[:_MSRA_TRAIN] if split == "train" else sentences[_MSRA_TRAIN:]
+
+
+def _text_bucket(sentence: str) -> str:
+    """Deterministic split of a sentence: md5 bucket 0-1 -> test, 2-3 -> valid, else train."""
+    b = int.from_bytes(hashlib.md5(sentence.encode("utf-8")).digest()[:4], "big") % 100
+    return "test" if b < 2 else "valid" if b < 4 else "train"
+
+
+def _chinese_text(paths: list[Path]) -> dict[str, list[str]]:
+    msra, lcsts, *csl, cluener = paths
+    texts = ["".join(tokens) for tokens, _ in _read_cached(_CONLL, _key([msra]))]
+    texts += [src for src, _ in readers.read_pairs_tsv(lcsts)]
+    texts += [src for p in csl for src, _ in readers.read_pairs_tsv(p)]
+    texts += [r["text"] for r in readers.read_cluener_spans(cluener)]
+    out: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    seen: set[str] = set()
+    for t in texts:
+        t = t.strip()
+        if t and t not in seen:
+            seen.add(t)
+            out[_text_bucket(t)].append(t)
+    return out
+
+
+def _copy_words(d: list) -> list:
+    return [list(x) for x in d]
+
+
+def _copy_tagged(d: list) -> list:
+    return [(list(a), list(b)) for a, b in d]
+
+
+def _copy_mnist(d: tuple) -> tuple:
+    return d[0].clone(), d[1].clone()
+
+
+_SEGMENTED = _first(readers.read_segmented)
+_CONLL = _first(readers.read_conll)
+_TAGGED = {"returns": "list[tuple[list[str], list[str]]] (tokens, tags)", "copy": _copy_tagged}
+_CWS = {"task": "Chinese word segmentation", "returns": "list[list[str]] (words per sentence)",
+        "reader": _SEGMENTED, "copy": _copy_words}  # fmt: skip
+_SIGHAN = "research / non-commercial (SIGHAN bakeoff)"
+_SIGHAN_NOTE = (
+    "SIGHAN 2005 {0}. train = last 10 % of the official training set and test = the test gold, "
+    "both jcyk-normalised (digits -> 0, Latin -> X, long words -> L); gold = raw official test "
+    "gold (not comparable with train)"
+)
 _MSRA = _f("msra_ner/dh_msra.zip", "msra_ner/dh_msra.txt")
 _MSRA_TRAIN = 50_658  # SOURCE.md: zh-NER-TF train_data = the first 50,658 sentences
 
@@ -102,173 +186,110 @@ DATASETS: dict[str, DatasetInfo] = {
     d.name: d
     for d in [
         DatasetInfo(
-            "ud-gsd-cws",
-            "Chinese word segmentation",
-            _CWS,
-            {s: (_f(f"ud_chinese_gsd_cws/{s}.txt"),) for s in ("train", "dev", "test")},
-            {"train": 3997, "dev": 500, "test": 500},
-            "CC BY-SA 4.0",
-            "segmented",
-            notes=(
-                "UD Chinese GSD (Wikipedia), simplified script, full-width punctuation "
-                "normalised; complete UD split"
-            ),
+            name="ud-gsd-cws", **_CWS,
+            splits={s: (_f(f"ud_chinese_gsd_cws/{s}.txt"),) for s in ("train", "dev", "test")},
+            counts={"train": 3997, "dev": 500, "test": 500},
+            licence="CC BY-SA 4.0",
+            notes="UD Chinese GSD (Wikipedia), simplified script, full-width punctuation "
+            "normalised; complete UD split",
+        ),
+        *(
+            DatasetInfo(
+                name=f"{corpus}-cws", **_CWS,
+                splits={
+                    "train": (_f(f"sighan2005_cws/jcyk_normalized/{corpus}_dev.txt"),),
+                    "test": (_f(f"sighan2005_cws/jcyk_normalized/{corpus}_test.txt"),),
+                    "gold": (_f(f"sighan2005_cws/{corpus}_test_gold.utf8"),),
+                },
+                counts=counts, licence=_SIGHAN, notes=_SIGHAN_NOTE.format(corpus.upper()),
+            )
+            for corpus, counts in (
+                ("pku", {"train": 1906, "test": 1944, "gold": 1944}),
+                ("msr", {"train": 8693, "test": 3985, "gold": 3985}),
+            )
         ),
         DatasetInfo(
-            "pku-cws",
-            "Chinese word segmentation",
-            _CWS,
-            {
-                "train": (_f("sighan2005_cws/jcyk_normalized/pku_dev.txt"),),
-                "test": (_f("sighan2005_cws/jcyk_normalized/pku_test.txt"),),
-                "gold": (_f("sighan2005_cws/pku_test_gold.utf8"),),
-            },
-            {"train": 1906, "test": 1944, "gold": 1944},
-            "research / non-commercial (SIGHAN bakeoff)",
-            "segmented",
-            notes=(
-                "SIGHAN 2005 PKU. train = last 10 % of the official training set and test = the "
-                "test gold, both jcyk-normalised (digits -> 0, Latin -> X, long words -> L); gold"
-                " = raw official test gold (not comparable with train)"
-            ),
+            name="msra-ner", task="Chinese NER, char BIO PER/LOC/ORG", **_TAGGED,
+            splits={"train": (_MSRA,), "test": (_MSRA,)},
+            counts={"train": _MSRA_TRAIN, "test": 4631},
+            licence="not stated (research use)", reader=_CONLL, select=_msra_split,
+            notes="MSRA / People's Daily (zh-NER-TF): train = first 50,658 sentences, test = "
+            "last 4,631 of dh_msra.txt; no dev split",
         ),
         DatasetInfo(
-            "msr-cws",
-            "Chinese word segmentation",
-            _CWS,
-            {
-                "train": (_f("sighan2005_cws/jcyk_normalized/msr_dev.txt"),),
-                "test": (_f("sighan2005_cws/jcyk_normalized/msr_test.txt"),),
-                "gold": (_f("sighan2005_cws/msr_test_gold.utf8"),),
-            },
-            {"train": 8693, "test": 3985, "gold": 3985},
-            "research / non-commercial (SIGHAN bakeoff)",
-            "segmented",
-            notes=(
-                "SIGHAN 2005 MSR. train = last 10 % of the official training set and test = the "
-                "test gold, both jcyk-normalised (digits -> 0, Latin -> X, long words -> L); gold"
-                " = raw official test gold (not comparable with train)"
-            ),
+            name="people-daily-ner", task="Chinese NER, char BIO PER/LOC/ORG", **_TAGGED,
+            splits={s: (_f(f"people_daily_ner/example.{s}"),) for s in ("train", "dev", "test")},
+            counts={"train": None, "dev": 2318, "test": 4636},
+            licence="not stated (research use)", reader=_CONLL,
+            notes="People's Daily (bert4keras corpus); train only with a KEXUE_DATA copy of "
+            "example.train; ~92 % of its sentences occur in msra-ner train",
         ),
         DatasetInfo(
-            "msra-ner",
-            "Chinese NER, char BIO PER/LOC/ORG",
-            _TAG,
-            {"train": (_MSRA,), "test": (_MSRA,)},
-            {"train": _MSRA_TRAIN, "test": 4631},
-            "not stated (research use)",
-            "msra",
-            notes=(
-                "MSRA / People's Daily (zh-NER-TF): train = first 50,658 sentences, test = last "
-                "4,631 of dh_msra.txt; no dev split"
-            ),
+            name="cluener", task="Chinese NER, char BIO, 10 types", **_TAGGED,
+            splits={s: (_f(f"cluener2020/{s}.json"),) for s in ("train", "dev")},
+            counts={"train": 10748, "dev": 1343},
+            licence="not stated (research use)", reader=_first(readers.read_cluener),
+            notes="CLUENER2020 (THUCNews); dev = the official dev set; overlapping mentions "
+            "resolved longest-first",
         ),
         DatasetInfo(
-            "people-daily-ner",
-            "Chinese NER, char BIO PER/LOC/ORG",
-            _TAG,
-            {s: (_f(f"people_daily_ner/example.{s}"),) for s in ("train", "dev", "test")},
-            {"train": None, "dev": 2318, "test": 4636},
-            "not stated (research use)",
-            "conll",
-            notes=(
-                "People's Daily (bert4keras corpus); train only with a KEXUE_DATA copy of "
-                "example.train; ~92 % of its sentences occur in msra-ner train"
-            ),
-        ),
-        DatasetInfo(
-            "cluener",
-            "Chinese NER, char BIO, 10 types",
-            _TAG,
-            {s: (_f(f"cluener2020/{s}.json"),) for s in ("train", "dev")},
-            {"train": 10748, "dev": 1343},
-            "not stated (research use)",
-            "cluener",
-            notes=(
-                "CLUENER2020 (THUCNews); dev = the official dev set; overlapping mentions "
-                "resolved longest-first"
-            ),
-        ),
-        DatasetInfo(
-            "conll2000",
-            "English chunking, BIO",
-            _TAG,
-            {s: (_f(f"conll2000_chunking/{s}.txt"),) for s in ("train", "test")},
-            {"train": 8936, "test": 2012},
-            "not stated (WSJ text, research use)",
-            "conll",
+            name="conll2000", task="English chunking, BIO", **_TAGGED,
+            splits={s: (_f(f"conll2000_chunking/{s}.txt"),) for s in ("train", "test")},
+            counts={"train": 8936, "test": 2012},
+            licence="not stated (WSJ text, research use)", reader=_CONLL,
             notes="CoNLL-2000 (WSJ); tokens + chunk tags (the POS column is dropped)",
         ),
         DatasetInfo(
-            "mnist",
-            "28x28 handwritten digits",
-            "tuple[Tensor, Tensor] = (uint8 (N, 28, 28), int64 (N,))",
-            {
+            name="mnist", task="28x28 handwritten digits",
+            returns="tuple[Tensor, Tensor] = (uint8 (N, 28, 28), int64 (N,))",
+            splits={
                 "train": (_f("mnist/train-images-idx3-ubyte"), _f("mnist/train-labels-idx1-ubyte")),
                 "test": (_f("mnist/t10k-images-idx3-ubyte"), _f("mnist/t10k-labels-idx1-ubyte")),
             },
-            {"train": 60000, "test": 10000},
-            "commonly CC BY-SA 3.0 (not stated by source)",
-            "mnist",
-            notes="original IDX files (train images rebuilt losslessly, MD5-verified)",
+            counts={"train": 60000, "test": 10000},
+            licence="commonly CC BY-SA 3.0 (not stated by source)", reader=_mnist,
+            copy=_copy_mnist, notes="original IDX files (train images rebuilt losslessly, MD5-verified)",
         ),
         DatasetInfo(
-            "chinese-text",
-            "raw Chinese text (char LM / MLM)",
-            "list[str]",
-            {s: _TEXT_SOURCES for s in ("train", "valid", "test")},
-            {"train": 75235, "valid": 1585, "test": 1606},
-            "mixed; research use (see the four SOURCE.md)",
-            "text",
-            notes=(
-                "MSRA NER sentences + LCSTS train texts + CSL abstracts + CLUENER train texts, "
-                "stripped and deduplicated (first occurrence kept, source order); split by md5 of"
-                " the sentence: bucket 0-1 of 100 = test, 2-3 = valid, rest = train; never CMRC "
-                "contexts"
-            ),
+            name="chinese-text", task="raw Chinese text (char LM / MLM)", returns="list[str]",
+            splits={s: _TEXT_SOURCES for s in ("train", "valid", "test")},
+            counts={"train": 75235, "valid": 1585, "test": 1606},
+            licence="mixed; research use (see the four SOURCE.md)", reader=_chinese_text,
+            select=lambda d, split: d[split], copy=list,
+            notes="MSRA NER sentences + LCSTS train texts + CSL abstracts + CLUENER train texts, "
+            "stripped and deduplicated (first occurrence kept, source order); split by md5 of the "
+            "sentence: bucket 0-1 of 100 = test, 2-3 = valid, rest = train; never CMRC contexts",
         ),
         DatasetInfo(
-            "cmrc2018",
-            "Chinese extractive MRC (SQuAD)",
-            "list[dict] (id, title, context, question, answers[{text, answer_start}])",
-            {s: (_f(f"cmrc2018/cmrc2018_{s}.json"),) for s in ("train", "dev", "trial")},
-            {"train": None, "dev": 3219, "trial": 1002},
-            "CC BY-SA 4.0",
-            "squad",
-            notes=(
-                "CMRC 2018 dev and trial (train only with a KEXUE_DATA copy); answer offsets re-"
-                "aligned where the file's are -1 or wrong"
-            ),
+            name="cmrc2018", task="Chinese extractive MRC (SQuAD)",
+            returns="list[dict] (id, title, context, question, answers[{text, answer_start}])",
+            splits={s: (_f(f"cmrc2018/cmrc2018_{s}.json"),) for s in ("train", "dev", "trial")},
+            counts={"train": None, "dev": 3219, "trial": 1002},
+            licence="CC BY-SA 4.0", reader=_first(readers.read_squad), copy=copy.deepcopy,
+            notes="CMRC 2018 dev and trial (train only with a KEXUE_DATA copy); answer offsets "
+            "re-aligned where the file's are -1 or wrong",
         ),
         DatasetInfo(
-            "webqa-sample",
-            "WebQA format sample, 7 questions",
-            "list[dict] (id, question, answer, passages[{passage, answer}])",
-            {"sample": (_f("webqa_sample/sample.json"),)},
-            {"sample": 7},
-            "not stated",
-            "webqa",
+            name="webqa-sample", task="WebQA format sample, 7 questions",
+            returns="list[dict] (id, question, answer, passages[{passage, answer}])",
+            splits={"sample": (_f("webqa_sample/sample.json"),)}, counts={"sample": 7},
+            licence="not stated", reader=_first(readers.read_webqa), copy=copy.deepcopy,
             aliases={"train": "sample"},
             notes="format reference only, too small to train on; 'train' is an alias of 'sample'",
         ),
         DatasetInfo(
-            "lcsts",
-            "Chinese news text -> headline",
-            "list[tuple[str, str]] (source text, target headline)",
-            {s: (_f(f"lcsts_clge_subset/{s}.tsv"),) for s in ("train", "val", "test")},
-            {"train": 8666, "val": 1000, "test": 1000},
-            "not stated (LCSTS: research agreement)",
-            "pairs",
-            notes=(
-                "LCSTS PART_II, CLGE split; (source text, target headline); a few train texts "
-                "repeat in val/test"
-            ),
+            name="lcsts", task="Chinese news text -> headline",
+            returns="list[tuple[str, str]] (source text, target headline)",
+            splits={s: (_f(f"lcsts_clge_subset/{s}.tsv"),) for s in ("train", "val", "test")},
+            counts={"train": 8666, "val": 1000, "test": 1000},
+            licence="not stated (LCSTS: research agreement)", reader=_pairs, copy=list,
+            notes="LCSTS PART_II, CLGE split; (source text, target headline); a few train texts "
+            "repeat in val/test",
         ),
         DatasetInfo(
-            "csl",
-            "paper abstract -> title",
-            "list[tuple[str, str]] (source abstract, target title)",
-            {
+            name="csl", task="paper abstract -> title",
+            returns="list[tuple[str, str]] (source abstract, target title)",
+            splits={
                 "ts_dev": (_f("csl_title/csl_ts_dev.tsv"),),
                 "ts_test": (_f("csl_title/csl_ts_test.tsv"),),
                 "clge_val": (_f("csl_title/clge_csl_val.tsv"),),
@@ -276,23 +297,14 @@ DATASETS: dict[str, DatasetInfo] = {
                 "train": _CSL_TRAIN,
                 "test": (_f("csl_title/csl_ts_test.tsv"),),
             },
-            {
-                "ts_dev": 1000,
-                "ts_test": 1000,
-                "clge_val": 1000,
-                "clge_test": 1000,
-                "train": 3000,
-                "test": 1000,
-            },
-            "Apache-2.0 (ydli-ai/CSL); CLGE copy not stated",
-            "pairs",
-            notes=(
-                "CSL; train = clge_val + clge_test + ts_dev (3,000), test = ts_test (1,000): non-"
-                "standard, no official train shipped"
-            ),
+            counts={"ts_dev": 1000, "ts_test": 1000, "clge_val": 1000, "clge_test": 1000,
+                    "train": 3000, "test": 1000},
+            licence="Apache-2.0 (ydli-ai/CSL); CLGE copy not stated", reader=_pairs, copy=list,
+            notes="CSL; train = clge_val + clge_test + ts_dev (3,000), test = ts_test (1,000): "
+            "non-standard, no official train shipped",
         ),
     ]
-}
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,70 +401,8 @@ def _key(paths: list[Path]) -> _Key:
 
 
 @functools.lru_cache(maxsize=64)
-def _read_cached(kind: str, key: _Key) -> Any:
-    paths = [Path(k[0]) for k in key]
-    if kind == "segmented":
-        return readers.read_segmented(paths[0])
-    if kind == "conll":
-        return readers.read_conll(paths[0])
-    if kind == "cluener":
-        return readers.read_cluener(paths[0])
-    if kind == "squad":
-        return readers.read_squad(paths[0])
-    if kind == "webqa":
-        return readers.read_webqa(paths[0])
-    if kind == "pairs":
-        return [pair for p in paths for pair in readers.read_pairs_tsv(p)]
-    if kind == "mnist":
-        images, labels = (readers.read_mnist_idx(p) for p in paths)
-        if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
-            raise ValueError(
-                f"MNIST images {tuple(images.shape)} ({paths[0]}) and labels "
-                f"{tuple(labels.shape)} ({paths[1]}) do not match"
-            )
-        return images, labels
-    if kind == "text":
-        return _chinese_text(paths)
-    raise AssertionError(kind)
-
-
-def _msra(sentences: list, split: str) -> list:
-    return sentences[:_MSRA_TRAIN] if split == "train" else sentences[_MSRA_TRAIN:]
-
-
-def _text_bucket(sentence: str) -> str:
-    """Deterministic split of a sentence: md5 bucket 0-1 -> test, 2-3 -> valid, else train."""
-    b = int.from_bytes(hashlib.md5(sentence.encode("utf-8")).digest()[:4], "big") % 100
-    return "test" if b < 2 else "valid" if b < 4 else "train"
-
-
-def _chinese_text(paths: list[Path]) -> dict[str, list[str]]:
-    msra, lcsts, *csl, cluener = paths
-    texts = ["".join(tokens) for tokens, _ in _read_cached("conll", _key([msra]))]
-    texts += [src for src, _ in readers.read_pairs_tsv(lcsts)]
-    texts += [src for p in csl for src, _ in readers.read_pairs_tsv(p)]
-    texts += [r["text"] for r in readers.read_cluener_spans(cluener)]
-    out: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
-    seen: set[str] = set()
-    for t in texts:
-        t = t.strip()
-        if t and t not in seen:
-            seen.add(t)
-            out[_text_bucket(t)].append(t)
-    return out
-
-
-_COPY: dict[str, Callable[[Any], Any]] = {
-    "segmented": lambda d: [list(s) for s in d],
-    "conll": lambda d: [(list(a), list(b)) for a, b in d],
-    "msra": lambda d: [(list(a), list(b)) for a, b in d],
-    "cluener": lambda d: [(list(a), list(b)) for a, b in d],
-    "pairs": list,
-    "text": list,
-    "squad": copy.deepcopy,
-    "webqa": copy.deepcopy,
-    "mnist": lambda d: (d[0].clone(), d[1].clone()),
-}
+def _read_cached(reader: Callable[[list[Path]], Any], key: _Key) -> Any:
+    return reader([Path(k[0]) for k in key])
 
 
 def clear_cache() -> None:
@@ -481,13 +431,7 @@ def load(name: str, split: str = "train") -> Any:
     """
     info, split = _info_and_split(name, split)
     files = [p for _, p in _split_files(info, split)]
-    if info.kind == "msra":
-        data = _msra(_read_cached("conll", _key(files)), split)
-        return _COPY["msra"](data)
-    data = _read_cached(info.kind, _key(files))
-    if info.kind == "text":
-        data = data[split]
-    return _COPY[info.kind](data)
+    return info.copy(info.select(_read_cached(info.reader, _key(files)), split))
 
 
 def list_datasets(count: bool = False, names: Iterable[str] | None = None) -> list[dict[str, Any]]:

@@ -8,6 +8,18 @@ bidirectional beam search (:mod:`kexue.seq2seq.bidirectional`), character ROUGE/
 """
 
 from kexue.seq2seq.beam import beam_search, greedy_search
+from kexue.seq2seq.bidirectional import BiDecodeState, BidirectionalSeq2Seq
+from kexue.seq2seq.bisearch import BidirectionalOutput, bidirectional_beam_search
 from kexue.seq2seq.model import DecodeState, Seq2Seq, Seq2SeqConfig
 
-__all__ = ["DecodeState", "Seq2Seq", "Seq2SeqConfig", "beam_search", "greedy_search"]
+__all__ = [
+    "BiDecodeState",
+    "BidirectionalOutput",
+    "BidirectionalSeq2Seq",
+    "DecodeState",
+    "Seq2Seq",
+    "Seq2SeqConfig",
+    "beam_search",
+    "bidirectional_beam_search",
+    "greedy_search",
+]

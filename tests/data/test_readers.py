@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kexue.core.spans import spans_to_tags
 from kexue.data import (
     read_cluener,
     read_cluener_spans,
@@ -21,7 +22,7 @@ from kexue.data import (
     read_segmented,
     read_squad,
     read_webqa,
-    spans_to_bio,
+    readers,
 )
 
 
@@ -186,16 +187,21 @@ def test_read_cluener_spans_and_bio(tmp_path: Path) -> None:
     assert read_cluener(p)[2] == (["无", "实", "体"], ["O", "O", "O"])
 
 
-def test_spans_to_bio_overlap_keeps_longer_first() -> None:
-    assert spans_to_bio(5, [(1, 3, "b"), (0, 4, "a"), (4, 5, "c")]) == [
+def test_cluener_overlaps_go_through_the_one_span_converter() -> None:
+    # issue 8: one span<->tag converter (kexue.core.spans), spans as (label, start, end)
+    spans = [("b", 1, 3), ("a", 0, 4), ("c", 4, 5)]
+    assert spans_to_tags(spans, 5, "BIO", overlap="drop") == [
         "B-a",
         "I-a",
         "I-a",
         "I-a",
         "B-c",
     ]
-    with pytest.raises(ValueError):
-        spans_to_bio(3, [(2, 4, "x")])
+    with pytest.raises(ValueError, match="overlaps"):
+        spans_to_tags(spans, 5, "BIO")
+    with pytest.raises(ValueError, match="out of range"):
+        spans_to_tags([("x", 2, 4)], 3, "BIO", overlap="drop")
+    assert not hasattr(readers, "spans_to_bio")
 
 
 @pytest.mark.parametrize(

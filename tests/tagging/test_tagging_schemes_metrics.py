@@ -130,3 +130,46 @@ def test_entity_set_f1_su():
     pred = [["B-PER", "I-PER", "O", "O", "O"], ["B-PER", "I-PER"]]
     # X = 2, Y = 2, Z = 3
     assert entity_set_f1(toks, gold, pred) == pytest.approx(4 / 5)
+
+
+def test_one_span_converter_and_unknown_prefixes_raise():
+    # issue 8: one converter (kexue.core.spans) for data readers and tagging alike
+    import kexue.core.spans as core_spans
+    import kexue.tagging.schemes as schemes
+
+    assert schemes.spans_to_tags is core_spans.spans_to_tags
+    assert schemes.tags_to_spans is core_spans.tags_to_spans
+    # issue 9: tags_to_spans(["X-PER", "O"], "BIO") returned [] without a word
+    with pytest.raises(ValueError, match="'X-PER' is not a BIO tag"):
+        tags_to_spans(["X-PER", "O"], "BIO")
+    with pytest.raises(ValueError, match="position 1: tag 'E-LOC' is not a BIO tag"):
+        tags_to_spans(["O", "E-LOC"], "BIO")
+    with pytest.raises(ValueError, match="'B' is not a BIOES tag"):
+        tags_to_spans(["B"], "BIOES", strict=False)
+
+
+def test_one_vocab_class():
+    from kexue.data import Vocab
+    from kexue.tagging import Tagger
+
+    tg = Tagger(vocab=Vocab(["<pad>", "<unk>", "a"]), tags=["O"], embed_dim=4, hidden_dim=4)
+    assert isinstance(tg.vocabulary, Vocab) and tg.vocab == ["<pad>", "<unk>", "a"]
+    assert tg.encode([["a", "z"]])[0].tolist() == [[2, 1]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"embed_dim": 0}, ValueError, "embed_dim must be >= 1"),
+        ({"hidden_dim": -4}, ValueError, "hidden_dim must be >= 1"),
+        ({"num_layers": 0}, ValueError, "num_layers must be >= 1"),
+        ({"embed_dim": 2.5}, TypeError, "embed_dim must be an int"),
+        ({"dropout": 1.0}, ValueError, "dropout must be in"),
+        ({"units": "bytes"}, ValueError, "units must be one of"),
+    ],
+)
+def test_tagger_sizes_are_validated(kwargs, exc, match):
+    from kexue.tagging import Tagger
+
+    with pytest.raises(exc, match=match):
+        Tagger(vocab=["<pad>", "<unk>"], tags=["O"], **kwargs)

@@ -1,4 +1,4 @@
-"""Tagger (encoders x heads), save/load, pipeline helpers, CLI on a user's own CoNLL file, experiment smoke."""
+"""Tagger (encoders x heads), save/load, recipe helpers, CLI on a user's own CoNLL file, experiment smoke."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kexue.tagging import tag_set
-from kexue.tagging.pipeline import (
+from kexue.tagging.recipe import (
     cws_examples,
     detect_scheme,
     evaluate,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kexue.tagging.encoders import TransformerEncoder, sinusoidal_positions
-from kexue.tagging.pipeline import fit_tagger, new_tagger
+from kexue.tagging.recipe import fit_tagger, new_tagger
 from kexue.tagging.tagger import Tagger
 
 VOCAB = ["<pad>", "<unk>"] + [chr(ord("a") + i) for i in range(20)]

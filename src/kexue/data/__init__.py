@@ -23,7 +23,6 @@ from kexue.data.readers import (
     read_segmented,
     read_squad,
     read_webqa,
-    spans_to_bio,
 )
 from kexue.data.registry import (
     DATASETS,
@@ -54,5 +53,4 @@ __all__ = [
     "read_squad",
     "read_webqa",
     "shipped_root",
-    "spans_to_bio",
 ]

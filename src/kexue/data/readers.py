@@ -32,6 +32,7 @@ from typing import Any, cast
 
 import torch
 
+from kexue.core.spans import spans_to_tags
 from kexue.data._io import DataFormatError, PathLike, iter_lines, read_bytes, read_text
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "read_segmented",
     "read_squad",
     "read_webqa",
-    "spans_to_bio",
 ]
 
 
@@ -222,29 +222,10 @@ def read_cluener_spans(path: PathLike) -> list[dict[str, Any]]:
     return out
 
 
-def spans_to_bio(length: int, spans: list[tuple[int, int, str]]) -> list[str]:
-    """Turn end-exclusive typed spans into BIO (IOB2) tags over ``length`` positions.
-
-    Overlaps are resolved greedily: spans are taken by start, longer first, and a span that
-    overlaps an already tagged one is dropped.
-
-    Args:
-        length: number of tokens ``n``.
-        spans: ``(start, end, type)`` with ``0 <= start < end <= n``.
-
-    Returns:
-        ``n`` tags: ``B-<type>``, ``I-<type>`` or ``O``.
-    """
-    tags = ["O"] * length
-    for start, end, etype in sorted(spans, key=lambda s: (s[0], s[0] - s[1], s[2])):
-        if not 0 <= start < end <= length:
-            raise ValueError(f"span ({start}, {end}, {etype!r}) out of range for length {length}")
-        if any(t != "O" for t in tags[start:end]):
-            continue
-        tags[start] = f"B-{etype}"
-        for i in range(start + 1, end):
-            tags[i] = f"I-{etype}"
-    return tags
+def _cluener_tags(record: dict[str, Any]) -> list[str]:
+    """BIO tags of one :func:`read_cluener_spans` record (spans are ``(start, end, type)``)."""
+    spans = [(etype, start, end) for start, end, etype in record["spans"]]
+    return spans_to_tags(spans, len(record["text"]), "BIO", overlap="drop")
 
 
 def read_cluener(path: PathLike) -> list[tuple[list[str], list[str]]]:
@@ -255,15 +236,14 @@ def read_cluener(path: PathLike) -> list[tuple[list[str], list[str]]]:
 
     Returns:
         ``[(chars, tags), ...]``, ``chars = list(text)``, tags such as ``B-name``, ``I-company``,
-        ``O``; overlapping mentions are resolved as in :func:`spans_to_bio`.
+        ``O``; overlapping mentions are resolved greedily (by start, longer first; a mention
+        overlapping an already tagged one is dropped), by the one span converter
+        :func:`kexue.core.spans.spans_to_tags` with ``overlap="drop"``.
 
     Raises:
         ValueError: as :func:`read_cluener_spans`.
     """
-    return [
-        (list(r["text"]), spans_to_bio(len(r["text"]), r["spans"]))
-        for r in read_cluener_spans(path)
-    ]
+    return [(list(r["text"]), _cluener_tags(r)) for r in read_cluener_spans(path)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import torch
 
 from kexue.core.seed import seed_everything
 from kexue.core.threads import num_threads
-from kexue.tagging.pipeline import cws_examples, evaluate, fit_tagger, ner_examples, new_tagger
+from kexue.tagging.recipe import cws_examples, evaluate, fit_tagger, ner_examples, new_tagger
 
 HEADS = ("softmax", "crf", "memm", "bimemm")
 HEAD_NAMES = {"softmax": "softmax", "crf": "CRF", "memm": "MEMM", "bimemm": "Bi-MEMM"}

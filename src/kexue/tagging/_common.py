@@ -55,13 +55,22 @@ def register_constraints(
 
 
 def check_inputs(
-    emissions: Tensor, tags: Tensor | None, mask: Tensor | None, lengths: Tensor | None, k: int
+    emissions: Tensor,
+    tags: Tensor | None,
+    mask: Tensor | None,
+    lengths: Tensor | None,
+    k: int,
+    finite: bool = False,
 ) -> Tensor:
     """Validate ``emissions (b, t, k)``, ``tags (b, t)`` and the mask; return the bool mask.
 
+    ``finite=True`` (decoding) also requires finite emissions at valid positions: NaN scores
+    have no best path, and max/argmax over NaN silently returns tag 0.
+
     Raises:
         ValueError: wrong shapes, empty sequences, a mask that is not a right-padded prefix mask
-            with ``mask[:, 0]`` True, or tags outside ``[0, k)`` at valid positions.
+            with ``mask[:, 0]`` True, tags outside ``[0, k)`` at valid positions, or (with
+            ``finite``) NaN/inf emissions.
     """
     sizes = check_shape(emissions, "emissions", ("b", "t", k))
     if not emissions.is_floating_point():
@@ -76,6 +85,8 @@ def check_inputs(
         raise ValueError("mask[:, 0] must be True for every sequence (lengths >= 1)")
     if t > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
         raise ValueError("mask must be a right-padded prefix mask (True then False in each row)")
+    if finite and not bool(torch.isfinite(emissions[mask]).all()):
+        raise ValueError("emissions contain NaN/inf at valid positions: nothing to decode")
     if tags is not None:
         check_shape(tags, "tags", (b, t))
         if tags.is_floating_point() or tags.dtype == torch.bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kexue.tagging.encoders import POSITIONS
-from kexue.tagging.pipeline import (
+from kexue.tagging.recipe import (
     cws_examples,
     evaluate,
     fit_tagger,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from kexue.core.checks import check_positive_int
 from kexue.tagging import _chain
 from kexue.tagging._common import (
     Constraints,
@@ -53,8 +54,7 @@ class CRF(nn.Module):
         start_end: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(num_tags, bool) or not isinstance(num_tags, int) or num_tags < 1:
-            raise ValueError(f"num_tags must be an int >= 1, got {num_tags!r}")
+        check_positive_int(num_tags, "num_tags")
         self.num_tags = num_tags
         self.transitions = nn.Parameter(torch.empty(num_tags, num_tags).uniform_(-0.1, 0.1))
         self.start_end = start_end
@@ -196,9 +196,8 @@ class CRF(nn.Module):
             ``(paths, scores)``: ``nbest == 1``: ``(b, t)`` int64 padded with -1 and ``(b,)``
             scores $s(y^*)$; otherwise ``(b, nbest, t)`` and ``(b, nbest)``, best first.
         """
-        mask = check_inputs(emissions, None, mask, lengths, self.num_tags)
-        if isinstance(nbest, bool) or not isinstance(nbest, int) or nbest < 1:
-            raise ValueError(f"nbest must be an int >= 1, got {nbest!r}")
+        mask = check_inputs(emissions, None, mask, lengths, self.num_tags, finite=True)
+        check_positive_int(nbest, "nbest")
         em, trans = self._potentials(emissions, mask, float("-inf"))
         if nbest == 1:
             return viterbi_decode(em, trans, mask)

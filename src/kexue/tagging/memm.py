@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kexue.core.checks import check_positive_int
 from kexue.tagging._common import (
     Constraints,
     check_inputs,
@@ -117,8 +118,7 @@ class MEMM(nn.Module):
         decode_mode: str = "memm_exact",
     ) -> None:
         super().__init__()
-        if isinstance(num_tags, bool) or not isinstance(num_tags, int) or num_tags < 1:
-            raise ValueError(f"num_tags must be an int >= 1, got {num_tags!r}")
+        check_positive_int(num_tags, "num_tags")
         if decode_mode not in DECODE_MODES:
             raise ValueError(f"decode_mode must be one of {DECODE_MODES}, got {decode_mode!r}")
         self.num_tags = num_tags
@@ -130,8 +130,7 @@ class MEMM(nn.Module):
                 torch.empty(num_tags, num_tags).uniform_(-0.1, 0.1)
             )
         else:
-            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-                raise ValueError(f"rank must be None or an int >= 1, got {rank!r}")
+            check_positive_int(rank, "rank")
             self.left = nn.Parameter(torch.randn(num_tags, rank) * rank**-0.5 * 0.1)
             self.right = nn.Parameter(torch.randn(num_tags, rank) * rank**-0.5)
         register_constraints(self, num_tags, constraints)
@@ -299,9 +298,8 @@ class MEMM(nn.Module):
             $\\log P$, Bi-MEMM: $\\tfrac12(\\log P_\\rightarrow+\\log P_\\leftarrow)$;
             ``"crf_viterbi"``: the CRF score); ``(b, nbest, t)`` and ``(b, nbest)`` if ``nbest > 1``.
         """
-        mask = check_inputs(emissions, None, mask, lengths, self.num_tags)
-        if isinstance(nbest, bool) or not isinstance(nbest, int) or nbest < 1:
-            raise ValueError(f"nbest must be an int >= 1, got {nbest!r}")
+        mask = check_inputs(emissions, None, mask, lengths, self.num_tags, finite=True)
+        check_positive_int(nbest, "nbest")
         if self.decode_mode == "crf_viterbi":
             unary, pair = emissions, self.transitions.to(emissions.dtype)
             if self.constrained:

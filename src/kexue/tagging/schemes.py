@@ -16,12 +16,25 @@ from collections.abc import Sequence
 
 import torch
 
+from kexue.core.spans import Span, check_tag, spans_to_tags, split_tag, tags_to_spans
 from kexue.tagging._common import Constraints
+
+__all__ = [
+    "SCHEMES",
+    "Span",
+    "allowed_transitions",
+    "check_tag",
+    "spans_to_tags",
+    "split_tag",
+    "tag_set",
+    "tags_to_spans",
+    "tags_to_words",
+    "words_to_spans",
+    "words_to_tags",
+]
 
 SCHEMES = ("BMES", "BIO", "BIOES")
 BMES_TAGS = ("S", "B", "M", "E")
-
-Span = tuple[str, int, int]  # (label, start, end), end exclusive
 
 
 def _check_scheme(scheme: str) -> str:
@@ -42,16 +55,6 @@ def tag_set(scheme: str, labels: Sequence[str] = ()) -> list[str]:
         return list(BMES_TAGS)
     prefixes = "BI" if s == "BIO" else "BIES"
     return ["O"] + [f"{p}-{lab}" for lab in labels for p in prefixes]
-
-
-def split_tag(tag: str) -> tuple[str, str]:
-    """``"B-PER" -> ("B", "PER")``; ``"O" -> ("O", "")``; BMES tags have an empty label."""
-    if tag == "O":
-        return "O", ""
-    prefix, sep, label = tag.partition("-")
-    if not sep:
-        return tag, ""
-    return prefix, label
 
 
 # -- word segmentation (BMES) -----------------------------------------------------------------
@@ -91,101 +94,7 @@ def words_to_spans(words: Sequence[str]) -> list[tuple[int, int]]:
     return spans
 
 
-# -- entities (BIO / BIOES) -------------------------------------------------------------------
-def spans_to_tags(spans: Sequence[Span], length: int, scheme: str = "BIO") -> list[str]:
-    """Entity spans ``(label, start, end)`` -> tags of a sequence of ``length`` tokens.
-
-    Raises:
-        ValueError: a span is empty, out of range or overlaps another.
-    """
-    s = _check_scheme(scheme)
-    if s == "BMES":
-        raise ValueError("spans_to_tags needs scheme BIO or BIOES; use words_to_tags for BMES")
-    tags = ["O"] * length
-    for label, start, end in spans:
-        if not 0 <= start < end <= length:
-            raise ValueError(f"span ({label!r}, {start}, {end}) out of range for length {length}")
-        if any(t != "O" for t in tags[start:end]):
-            raise ValueError(f"span ({label!r}, {start}, {end}) overlaps another span")
-        if s == "BIOES" and end - start == 1:
-            tags[start] = f"S-{label}"
-            continue
-        tags[start] = f"B-{label}"
-        for i in range(start + 1, end):
-            tags[i] = f"I-{label}"
-        if s == "BIOES":
-            tags[end - 1] = f"E-{label}"
-    return tags
-
-
-def tags_to_spans(tags: Sequence[str], scheme: str = "BIO", strict: bool = True) -> list[Span]:
-    """Tags -> entity spans ``(label, start, end)``.
-
-    ``strict=True`` (seqeval ``mode="strict"``): only well-formed entities count (BIO: ``B-X
-    I-X*``; BIOES: ``B-X I-X* E-X`` or ``S-X``). ``strict=False`` follows conlleval / seqeval's
-    default: an ``I-X`` after a different tag also starts an entity.
-    """
-    s = _check_scheme(scheme)
-    if s == "BMES":
-        raise ValueError("tags_to_spans needs scheme BIO or BIOES")
-    parts = [split_tag(t) for t in tags]
-    return _strict_spans(parts, s) if strict else _conll_spans(parts)
-
-
-def _strict_spans(parts: list[tuple[str, str]], scheme: str) -> list[Span]:
-    spans: list[Span] = []
-    i, n = 0, len(parts)
-    while i < n:
-        p, lab = parts[i]
-        if scheme == "BIOES" and p == "S":
-            spans.append((lab, i, i + 1))
-            i += 1
-            continue
-        if p != "B":
-            i += 1
-            continue
-        j = i + 1
-        while j < n and parts[j] == ("I", lab):
-            j += 1
-        if scheme == "BIO":
-            spans.append((lab, i, j))
-            i = j
-        elif j < n and parts[j] == ("E", lab):
-            spans.append((lab, i, j + 1))
-            i = j + 1
-        else:
-            i = j  # B-X I-X* not closed by E-X: ill-formed, dropped
-    return spans
-
-
-def _conll_spans(parts: list[tuple[str, str]]) -> list[Span]:
-    """conlleval's chunk rules (also seqeval's default mode)."""
-
-    def ends(prev: str, prev_lab: str, cur: str, cur_lab: str) -> bool:
-        return (
-            prev in ("E", "S")
-            or (prev in ("B", "I") and cur in ("B", "S", "O"))
-            or (prev != "O" and prev_lab != cur_lab)
-        )
-
-    def starts(prev: str, prev_lab: str, cur: str, cur_lab: str) -> bool:
-        return (
-            cur in ("B", "S")
-            or (prev in ("E", "S", "O") and cur in ("I", "E"))
-            or (cur != "O" and prev_lab != cur_lab)
-        )
-
-    spans: list[Span] = []
-    start, label = -1, ""
-    prev, prev_lab = "O", ""
-    for i, (cur, lab) in enumerate(parts + [("O", "")]):
-        if start >= 0 and ends(prev, prev_lab, cur, lab):
-            spans.append((label, start, i))
-            start = -1
-        if cur != "O" and starts(prev, prev_lab, cur, lab):
-            start, label = i, lab
-        prev, prev_lab = cur, lab
-    return spans
+# -- entities (BIO / BIOES): the one converter lives in kexue.core.spans ---------------------
 
 
 def allowed_transitions(scheme: str, tags: Sequence[str]) -> Constraints:

@@ -10,12 +10,18 @@ layer so a batch gives the same result as each sentence alone. The Transformer e
 :mod:`kexue.attention` with key padding masks, optionally with a local attention window.
 
 A trained tagger is a directory: ``model.safetensors`` (weights) and ``tagger.json`` (vocabulary,
-tag list, scheme and constructor arguments), both written atomically.
+tag list, scheme, units and constructor arguments). :meth:`Tagger.save` writes both into a
+temporary directory and renames it into place, so a reader sees the old pair or the new pair,
+never a mix; :meth:`Tagger.load` checks both files and the weights' finiteness and reports any
+problem in one line naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from kexue.core.io import atomic_write_json, load_safetensors, save_safetensors
+from kexue.core.checks import check_positive_int
+from kexue.core.io import atomic_write_json, default_dir_mode, load_safetensors, save_safetensors
+from kexue.core.vocab import Vocab
 from kexue.tagging._common import reduce_loss
 from kexue.tagging.crf import CRF
 from kexue.tagging.encoders import TRANSFORMER_DEFAULTS, TransformerEncoder
@@ -34,14 +42,17 @@ from kexue.tagging.schemes import allowed_transitions
 
 HEADS = ("softmax", "crf", "memm", "bimemm")
 ENCODERS = ("bilstm", "cnn", "transformer")
+UNITS = ("chars", "words")
 PAD, UNK = "<pad>", "<unk>"
+MODEL_FILES = ("model.safetensors", "tagger.json")
 
 
 class Tagger(nn.Module):
     """Embedding + encoder + tagging head over a character vocabulary.
 
     Args:
-        vocab: id -> token table; index 0 must be ``"<pad>"`` and 1 ``"<unk>"``.
+        vocab: a :class:`kexue.data.Vocab` (the project's one vocabulary class) or its id ->
+            token table; id 0 must be ``"<pad>"`` and 1 ``"<unk>"``.
         tags: id -> tag table (``k`` tags), e.g. ``tag_set("BMES")``.
         head: ``"softmax"``, ``"crf"``, ``"memm"`` or ``"bimemm"``.
         encoder: ``"bilstm"``, ``"cnn"`` or ``"transformer"``.
@@ -51,19 +62,22 @@ class Tagger(nn.Module):
         dropout: dropout on embeddings and encoder output.
         scheme: tag scheme (``"BMES"``, ``"BIO"``, ``"BIOES"``) or ``None``.
         constrained: forbid the scheme's illegal transitions in the head (needs ``scheme``).
+        units: what one token is: ``"chars"`` (text is split into characters) or ``"words"``
+            (text is split on white space); stored with the model and used by ``tag predict``.
         head_kwargs: extra keyword arguments of the head (e.g. ``{"half_scale": True}``).
         encoder_kwargs: Transformer options (``num_heads`` 4, ``pattern`` ``"full"`` or
             ``"local"``, ``window``, ``rate``, ``positions`` ``"sinusoidal"``/``"learned"``,
             ``max_positions`` 512, ``ffn_dim``); see :class:`TransformerEncoder`.
 
     Raises:
-        ValueError: on an unknown head/encoder, a bad vocabulary or unknown ``encoder_kwargs``.
+        ValueError: on an unknown head/encoder/units, a bad vocabulary, sizes < 1, dropout
+            outside [0, 1) or unknown ``encoder_kwargs`` (``TypeError`` for non-int sizes).
     """
 
     def __init__(
         self,
         *,
-        vocab: Sequence[str],
+        vocab: Sequence[str] | Vocab,
         tags: Sequence[str],
         head: str = "crf",
         encoder: str = "cnn",
@@ -73,6 +87,7 @@ class Tagger(nn.Module):
         dropout: float = 0.1,
         scheme: str | None = None,
         constrained: bool = False,
+        units: str = "chars",
         head_kwargs: dict[str, Any] | None = None,
         encoder_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -81,8 +96,18 @@ class Tagger(nn.Module):
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
-        if list(vocab[:2]) != [PAD, UNK]:
-            raise ValueError(f"vocab must start with {PAD!r}, {UNK!r}, got {list(vocab[:2])}")
+        tokens = list(vocab.tokens if isinstance(vocab, Vocab) else vocab)
+        if tokens[:2] != [PAD, UNK]:
+            raise ValueError(f"vocab must start with {PAD!r}, {UNK!r}, got {tokens[:2]}")
+        if units not in UNITS:
+            raise ValueError(f"units must be one of {', '.join(UNITS)}, got {units!r}")
+        check_positive_int(embed_dim, "embed_dim")
+        check_positive_int(hidden_dim, "hidden_dim")
+        check_positive_int(num_layers, "num_layers")
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float):
+            raise TypeError(f"dropout must be a float, got {type(dropout).__name__}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if len(tags) < 1:
             raise ValueError("tags must not be empty")
         if constrained and scheme is None:
@@ -95,9 +120,9 @@ class Tagger(nn.Module):
             raise ValueError(
                 f"unknown encoder_kwargs {unknown}; known: {sorted(TRANSFORMER_DEFAULTS)}"
             )
-        self.vocab = list(vocab)
+        self.vocabulary = Vocab(tokens, pad=PAD, unk=UNK)
+        self.vocab = self.vocabulary.tokens
         self.tags = list(tags)
-        self.index = {c: i for i, c in enumerate(self.vocab)}
         self.config = dict(
             head=head,
             encoder=encoder,
@@ -107,6 +132,7 @@ class Tagger(nn.Module):
             dropout=dropout,
             scheme=scheme,
             constrained=constrained,
+            units=units,
             head_kwargs=dict(head_kwargs or {}),
         )
         if encoder == "transformer":
@@ -155,7 +181,7 @@ class Tagger(nn.Module):
         ids = torch.zeros(len(sentences), n, dtype=torch.long)
         for i, s in enumerate(sentences):
             if s:
-                ids[i, : len(s)] = torch.tensor([self.index.get(c, 1) for c in s])
+                ids[i, : len(s)] = torch.tensor(self.vocabulary.encode(s))
         return ids, torch.arange(n)[None, :] < lengths[:, None]
 
     def encode_tags(self, tag_seqs: Sequence[Sequence[str]], t: int) -> Tensor:
@@ -219,8 +245,15 @@ class Tagger(nn.Module):
 
     @torch.no_grad()
     def decode(self, chars: Tensor, mask: Tensor) -> Tensor:
-        """Best tag ids ``(b, t)`` (-1 at padding); softmax head: per-token argmax."""
+        """Best tag ids ``(b, t)`` (-1 at padding); softmax head: per-token argmax.
+
+        Raises:
+            ValueError: the emissions are not finite (NaN/inf weights give no answer, not a
+                confident one).
+        """
         em = self.emissions(chars, mask)
+        if not bool(torch.isfinite(em[mask]).all()):
+            raise ValueError("the tagger's emissions contain NaN/inf (corrupt or diverged weights)")
         if self.head is None:
             return em.argmax(2).masked_fill(~mask, -1)
         return self.head.decode(em, mask)[0]
@@ -251,25 +284,114 @@ class Tagger(nn.Module):
         return out
 
     # -- persistence --------------------------------------------------------------------------
+    @property
+    def units(self) -> str:
+        """``"chars"`` or ``"words"``: what one token of this model is."""
+        return self.config.get("units", "chars")
+
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``model.safetensors`` and ``tagger.json`` into ``directory`` (atomically)."""
+        """Write ``model.safetensors`` and ``tagger.json`` into ``directory``, atomically.
+
+        Both files are written into a temporary sibling directory which is then renamed to
+        ``directory``; other entries of an existing ``directory`` (e.g. training checkpoints) are
+        moved over first. Returns the directory.
+        """
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        save_safetensors(self.state_dict(), d / "model.safetensors")
-        meta = {"format": "kexue.tagging.Tagger/1", "vocab": self.vocab, "tags": self.tags}
+        if d.exists() and not d.is_dir():
+            raise ValueError(f"{d} exists and is not a directory")
+        d.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "vocab": self.vocab, "tags": self.tags}
         meta.update(config=self.config, extra=extra or {})
-        atomic_write_json(d / "tagger.json", meta)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", suffix=".tmp", dir=d.parent))
+        moved: list[str] = []
+        try:
+            save_safetensors(self.state_dict(), tmp / "model.safetensors")
+            atomic_write_json(tmp / "tagger.json", meta)
+            os.chmod(tmp, default_dir_mode())
+            if d.exists():
+                for entry in d.iterdir():
+                    if entry.name not in MODEL_FILES:
+                        os.rename(entry, tmp / entry.name)
+                        moved.append(entry.name)
+                old = Path(tempfile.mkdtemp(prefix=f".{d.name}.", suffix=".old", dir=d.parent))
+                os.rename(d, old / "previous")
+                os.rename(tmp, d)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, d)
+        except BaseException:
+            if d.is_dir():  # put the other entries back; the old model files are untouched
+                for name in moved:
+                    if (tmp / name).exists():
+                        os.rename(tmp / name, d / name)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return d
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> Tagger:
-        """Inverse of :meth:`save`; ``ValueError`` if the directory is not a saved tagger."""
+        """Inverse of :meth:`save`.
+
+        Raises:
+            ValueError: one line naming the file: missing files, ``tagger.json`` that is not
+                valid JSON or not a tagger description, ``model.safetensors`` that is truncated or
+                not safetensors, weights of another model (missing/unexpected names, shapes), or
+                weights that are NaN/inf.
+        """
         d = Path(directory)
-        meta_path = d / "tagger.json"
-        if not meta_path.is_file() or not (d / "model.safetensors").is_file():
+        meta_path, weights_path = d / "tagger.json", d / "model.safetensors"
+        if not meta_path.is_file() or not weights_path.is_file():
             raise ValueError(f"{d} is not a saved tagger (needs tagger.json and model.safetensors)")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        model = cls(vocab=meta["vocab"], tags=meta["tags"], **meta["config"])
-        model.load_state_dict(load_safetensors(d / "model.safetensors", device))
-        model.extra = meta.get("extra", {})
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{meta_path}: not valid JSON ({str(err).splitlines()[0]})") from None
+        keys = ("vocab", "tags", "config")
+        if not isinstance(meta, dict) or any(k not in meta for k in keys):
+            raise ValueError(
+                f"{meta_path}: not a kexue tagger description (needs {', '.join(keys)})"
+            )
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        config = dict(meta["config"]) if isinstance(meta["config"], dict) else {}
+        extra = meta.get("extra") or {}
+        if "units" not in config and extra.get("units") in UNITS:  # taggers saved before 'units'
+            config["units"] = extra["units"]
+        try:
+            model = cls(vocab=meta["vocab"], tags=meta["tags"], **config)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{meta_path}: invalid tagger description: {err}") from None
+        try:
+            state = load_safetensors(weights_path, device)
+        except Exception as err:  # safetensors raises its own error type on garbage
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"{weights_path}: not a readable safetensors file ({msg})") from None
+        _check_state(model, state, weights_path)
+        model.load_state_dict(state)
+        model.extra = extra
         return model.eval()
+
+
+FORMAT = "kexue.tagging.Tagger/1"
+
+
+def _check_state(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    """One-line errors for weights that do not belong to ``model`` or are not finite."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights of another model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, t in own.items():
+        if tuple(state[name].shape) != tuple(t.shape):
+            raise ValueError(
+                f"{path}: weights of another model ({name} has shape "
+                f"{tuple(state[name].shape)}, tagger.json implies {tuple(t.shape)})"
+            )
+    bad = [
+        n for n, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise ValueError(f"{path}: weights contain NaN/inf ({', '.join(bad[:3])})")

@@ -1,4 +1,4 @@
-r"""Tagging pipeline: text data -> (characters, tags) examples -> trained :class:`Tagger` -> scores.
+r"""Tagging recipe: text data -> (characters, tags) examples -> trained :class:`Tagger` -> scores.
 
 Word segmentation uses BMES tags per character (:func:`kexue.tagging.schemes.words_to_tags`) and is
 scored like the SIGHAN script; NER uses BIO tags and strict entity-level $F_1$. Training runs on
@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from kexue.data import Vocab
 from kexue.tagging.metrics import cws_prf, entity_prf
 from kexue.tagging.schemes import tag_set, tags_to_words, words_to_tags
 from kexue.tagging.tagger import PAD, UNK, Tagger
@@ -63,16 +64,6 @@ def entity_labels(examples: Sequence[Example]) -> list[str]:
     return sorted({t.split("-", 1)[1] for _, tags in examples for t in tags if "-" in t})
 
 
-def build_vocab(examples: Sequence[Example], min_freq: int = 1) -> list[str]:
-    """Character table ``["<pad>", "<unk>", chars by decreasing frequency...]``."""
-    counts: dict[str, int] = {}
-    for chars, _ in examples:
-        for c in chars:
-            counts[c] = counts.get(c, 0) + 1
-    ranked = sorted(counts, key=lambda c: -counts[c])
-    return [PAD, UNK] + [c for c in ranked if counts[c] >= min_freq and c not in (PAD, UNK)]
-
-
 def detect_scheme(examples: Sequence[Example]) -> str:
     """``"BIOES"`` if any tag starts with ``E-``/``S-``, else ``"BIO"``; ``ValueError`` on others."""
     prefixes = {t.split("-", 1)[0] if "-" in t else t for _, tags in examples for t in tags}
@@ -95,7 +86,8 @@ def new_tagger(
     else:
         raise ValueError(f"task must be 'cws' or 'ner', got {task!r}")
     kwargs.setdefault("scheme", scheme)
-    return Tagger(vocab=build_vocab(examples, min_freq), tags=tags, **kwargs)
+    vocab = Vocab.build((c for c, _ in examples), min_freq, pad=PAD, unk=UNK)
+    return Tagger(vocab=vocab, tags=tags, **kwargs)
 
 
 class _Collate:

@@ -13,11 +13,16 @@ V = 9
 BOS, EOS, PAD = 2, 3, 0
 
 
-def tiny(seed: int = 0, layers: int = 2) -> BidirectionalSeq2Seq:
+def tiny(seed: int = 0, layers: int = 2, copy: bool = False) -> BidirectionalSeq2Seq:
     torch.manual_seed(seed)
     cfg = Seq2SeqConfig(vocab_size=V, embed_dim=16, num_heads=2, encoder_layers=1,
-                        decoder_layers=layers, dropout=0.0)  # fmt: skip
-    return BidirectionalSeq2Seq(cfg).eval()
+                        decoder_layers=layers, dropout=0.0, copy_prior=copy)  # fmt: skip
+    model = BidirectionalSeq2Seq(cfg).eval()
+    if copy:
+        with torch.no_grad():
+            model.base.copy_log_scale.normal_()
+            model.base.copy_shift.normal_()
+    return model
 
 
 def data(b=3, s=5, t=6, seed=0):
@@ -134,9 +139,9 @@ def test_pseudo_targets_remove_the_leak() -> None:
     assert (ql - nll_l).abs().max() > 1e-6  # the context really is the pseudo sequence
 
 
-@pytest.mark.parametrize("layers", [1, 2])
-def test_cached_pair_step_equals_full_forward(layers) -> None:
-    model = tiny(seed=4, layers=layers)
+@pytest.mark.parametrize("layers,copy", [(1, False), (2, True)])
+def test_cached_pair_step_equals_full_forward(layers, copy) -> None:
+    model = tiny(seed=4, layers=layers, copy=copy)
     src, _, _ = data(b=2)
     B, n = 3, 5
     g = torch.Generator().manual_seed(7)

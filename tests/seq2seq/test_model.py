@@ -16,7 +16,12 @@ def tiny(seed: int = 0, **kw) -> Seq2Seq:
     torch.manual_seed(seed)
     cfg = dict(vocab_size=V, embed_dim=16, num_heads=2, encoder_layers=1, decoder_layers=2)
     cfg.update(kw)
-    return Seq2Seq(Seq2SeqConfig(dropout=0.0, **cfg)).eval()
+    model = Seq2Seq(Seq2SeqConfig(dropout=0.0, **cfg)).eval()
+    if model.config.copy_prior:  # non-trivial copy prior parameters
+        with torch.no_grad():
+            model.copy_log_scale.normal_()
+            model.copy_shift.normal_()
+    return model
 
 
 def batch(b=3, s=6, t=5, seed=1):
@@ -39,9 +44,9 @@ def reference_logprob(model, src_row, tgt_row):
     return torch.log_softmax(logits, -1)[torch.arange(len(out)), out].sum()
 
 
-@given(seed=st.integers(0, 10_000))
-def test_score_and_loss_equal_unpadded_reference(seed) -> None:
-    model = tiny()
+@given(seed=st.integers(0, 10_000), copy=st.booleans())
+def test_score_and_loss_equal_unpadded_reference(seed, copy) -> None:
+    model = tiny(copy_prior=copy)
     src, tgt, sl, tl = batch(seed=seed)
     ref = torch.stack(
         [reference_logprob(model, src[i, : sl[i]].tolist(), tgt[i, : tl[i]].tolist())
@@ -72,9 +77,9 @@ def test_explicit_masks_match_pad_derived_masks() -> None:
     torch.testing.assert_close(got, model.score(src, tgt))
 
 
-@pytest.mark.parametrize("layers", [1, 3])
-def test_cached_decoding_equals_recomputation(layers) -> None:
-    model = tiny(decoder_layers=layers)
+@pytest.mark.parametrize("layers,copy", [(1, False), (3, False), (2, True)])
+def test_cached_decoding_equals_recomputation(layers, copy) -> None:
+    model = tiny(decoder_layers=layers, copy_prior=copy)
     src, _, _, _ = batch(b=4, seed=3)
     g = torch.Generator().manual_seed(0)
     seq = torch.randint(4, V, (4, 7), generator=g)
@@ -87,7 +92,7 @@ def test_cached_decoding_equals_recomputation(layers) -> None:
 
 
 def test_cache_reorder_equals_recomputation_of_reordered_rows() -> None:
-    model = tiny()
+    model = tiny(copy_prior=True)
     src, _, _, _ = batch(b=3, seed=4)
     inp = torch.tensor([[2, 5, 6, 7], [2, 4, 4, 8], [2, 8, 7, 6]])
     state = model.init_state(src)
@@ -142,3 +147,17 @@ def test_bad_inputs_raise_clear_errors() -> None:
         Seq2SeqConfig(vocab_size=V, bos_id=0)
     with pytest.raises(TypeError, match="config"):
         Seq2Seq({"vocab_size": V})
+
+
+def test_copy_prior_raises_source_tokens() -> None:
+    model = tiny(copy_prior=True)
+    src = torch.tensor([[4, 5, 0]])
+    inp = torch.tensor([[2]])
+    with torch.no_grad():
+        model.copy_log_scale.fill_(3.0)
+        model.copy_shift.zero_()
+    z = model(src, inp)[0, 0]
+    plain = 0.5 * model.out(model.decode(inp, *model.encode(src)))[0, 0]
+    torch.testing.assert_close(
+        z - plain, torch.tensor([0, 0, 0, 0, 1, 1, 0, 0, 0.0]) * 0.5 * 3.0**0 * torch.e**3
+    )

@@ -200,7 +200,8 @@ class BidirectionalSeq2Seq(nn.Module):
         t = inp_l2r.shape[1]
         z_l = self.cross_l2r(h_l, c_r, self._step_mask(t, cm_r))
         z_r = self.cross_r2l(h_r, c_l, self._step_mask(t, cm_l))
-        return self.base.out(z_l), self.base.out(z_r)
+        bag = self.base.source_bag(src, src_mask)
+        return self.base.project(z_l, bag), self.base.project(z_r, bag)
 
     def lists(
         self, tgt: torch.Tensor, tgt_mask: torch.Tensor
@@ -268,8 +269,11 @@ class BidirectionalSeq2Seq(nn.Module):
         """Encode ``src (b, s)`` once; ``beam`` rows per example and direction."""
         memory, mask = self.base.encode(src, src_mask)
         memory, mask = memory.repeat_interleave(beam, 0), mask.repeat_interleave(beam, 0)
-        l2r = DecodeState(memory, mask, [DecoderCache() for _ in self.base.decoder])
-        r2l = DecodeState(memory, mask, [DecoderCache() for _ in self.decoder_r2l])
+        bag = self.base.source_bag(src, self.base.encode_mask(src, src_mask))
+        if bag is not None:
+            bag = bag.repeat_interleave(beam, 0)
+        l2r = DecodeState(memory, mask, [DecoderCache() for _ in self.base.decoder], 0, bag)
+        r2l = DecodeState(memory, mask, [DecoderCache() for _ in self.decoder_r2l], 0, bag)
         return BiDecodeState(l2r, r2l, beam)
 
     def _top_step(self, direction: int, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
@@ -330,5 +334,10 @@ class BidirectionalSeq2Seq(nn.Module):
                 kv.extend([new[0], new[1]])
         z_l = self._pairs(self.cross_l2r, h_l, *state.kv_r2l)
         z_r = self._pairs(self.cross_r2l, h_r, *state.kv_l2r)
-        out = self.base.out
-        return torch.log_softmax(out(z_l).float(), -1), torch.log_softmax(out(z_r).float(), -1)
+        bag = state.l2r.bag
+        if bag is not None:
+            bag = bag.view(-1, k, bag.shape[-1])[:, 0]  # (b, v): one source per example
+        proj = self.base.project
+        return torch.log_softmax(proj(z_l, bag).float(), -1), torch.log_softmax(
+            proj(z_r, bag).float(), -1
+        )

@@ -35,7 +35,7 @@ __all__ = ["DecodeState", "Seq2Seq", "Seq2SeqConfig", "sinusoidal_positions"]
 
 @dataclass(frozen=True)
 class Seq2SeqConfig:
-    """Sizes and special ids of a :class:`Seq2Seq` (source and target share one vocabulary).
+    r"""Sizes and special ids of a :class:`Seq2Seq` (source and target share one vocabulary).
 
     Attributes:
         vocab_size: ``v``.
@@ -49,6 +49,9 @@ class Seq2SeqConfig:
         bos_id: decoder start id (never generated).
         eos_id: end id.
         tie_embeddings: output projection = embedding matrix.
+        copy_prior: Su's copy prior: logits averaged with a learned per-token scale-shift of the
+            0/1 vector of tokens present in the source,
+            :math:`\tfrac12(z + e^{\sigma}\odot\mathbb 1_{\text{in src}} + \beta)`.
     """
 
     vocab_size: int
@@ -62,6 +65,7 @@ class Seq2SeqConfig:
     bos_id: int = 2
     eos_id: int = 3
     tie_embeddings: bool = True
+    copy_prior: bool = False
 
     def __post_init__(self) -> None:
         check_positive_int(self.vocab_size, "vocab_size", 2)
@@ -83,8 +87,9 @@ class Seq2SeqConfig:
                 raise ValueError(f"{name} must be an int in [0, {self.vocab_size}), got {i!r}")
         if len({self.pad_id, self.bos_id, self.eos_id}) != 3:
             raise ValueError("pad_id, bos_id and eos_id must be distinct")
-        if not isinstance(self.tie_embeddings, bool):
-            raise ValueError(f"tie_embeddings must be a bool, got {self.tie_embeddings!r}")
+        for flag in ("tie_embeddings", "copy_prior"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
 
     def to_dict(self) -> dict:
         """JSON-ready dict of the fields."""
@@ -113,16 +118,20 @@ class DecodeState:
         memory_mask: ``(b, s)`` bool, True = valid source position.
         caches: one :class:`DecoderCache` per decoder block.
         length: tokens fed so far (the next token's position).
+        bag: ``(b, v)`` 0/1 source-token indicator (copy prior) or None.
     """
 
     memory: torch.Tensor
     memory_mask: torch.Tensor
     caches: list[DecoderCache] = field(default_factory=list)
     length: int = 0
+    bag: torch.Tensor | None = None
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows ``index (b',)`` (beam reordering, dropping finished examples) in place."""
         self.memory, self.memory_mask = self.memory[index], self.memory_mask[index]
+        if self.bag is not None:
+            self.bag = self.bag[index]
         for c in self.caches:
             c.reorder(index)
 
@@ -211,6 +220,26 @@ class Seq2Seq(nn.Module):
         self.out = nn.Linear(d, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.out.weight = self.embed.weight
+        if c.copy_prior:
+            self.copy_log_scale = nn.Parameter(torch.zeros(c.vocab_size))
+            self.copy_shift = nn.Parameter(torch.zeros(c.vocab_size))
+
+    def source_bag(self, src: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor | None:
+        """``(b, v)`` float 0/1: which tokens occur in each source (None without copy prior)."""
+        if not self.config.copy_prior:
+            return None
+        bag = torch.zeros(src.shape[0], self.config.vocab_size, device=src.device)
+        bag.scatter_(1, src.masked_fill(~src_mask, self.config.pad_id), 1.0)
+        bag[:, self.config.pad_id] = 0.0  # padding must not count as a source token
+        return bag
+
+    def project(self, h: torch.Tensor, bag: torch.Tensor | None) -> torch.Tensor:
+        """Logits ``(b, ..., v)`` of states ``h (b, ..., d)``, with the copy prior if enabled."""
+        z = self.out(h)
+        if bag is None:
+            return z
+        bag = bag.reshape(bag.shape[0], *([1] * (z.dim() - 2)), bag.shape[1])
+        return 0.5 * (z + bag * self.copy_log_scale.exp() + self.copy_shift)
 
     # ------------------------------------------------------------------ pieces
     def _embed(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
@@ -284,7 +313,9 @@ class Seq2Seq(nn.Module):
         memory, src_mask = self.encode(src, src_mask)
         check_shape(inp, "inp", (src.shape[0], "t"))
         _check_ids(inp, "inp", self.config.vocab_size)
-        return self.out(self.decode(inp, memory, src_mask, inp_mask))
+        return self.project(
+            self.decode(inp, memory, src_mask, inp_mask), self.source_bag(src, src_mask)
+        )
 
     def _token_logprobs(self, src, tgt, src_mask, tgt_mask) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
@@ -372,7 +403,14 @@ class Seq2Seq(nn.Module):
         if repeat > 1:
             memory = memory.repeat_interleave(repeat, 0)
             mask = mask.repeat_interleave(repeat, 0)
-        return DecodeState(memory, mask, [DecoderCache() for _ in self.decoder], 0)
+        bag = self.source_bag(src, self.encode_mask(src, src_mask))
+        if bag is not None and repeat > 1:
+            bag = bag.repeat_interleave(repeat, 0)
+        return DecodeState(memory, mask, [DecoderCache() for _ in self.decoder], 0, bag)
+
+    def encode_mask(self, src: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor:
+        """The validated ``(b, s)`` source mask (default ``src != pad_id``)."""
+        return _source_mask(src, src_mask, self.config.pad_id)
 
     @torch.no_grad()
     def step(self, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
@@ -396,4 +434,4 @@ class Seq2Seq(nn.Module):
                 cache=cache,
             )
         state.length += 1
-        return torch.log_softmax(self.out(self.dec_norm(x[:, 0])).float(), -1)
+        return torch.log_softmax(self.project(self.dec_norm(x[:, 0]), state.bag).float(), -1)

@@ -292,3 +292,36 @@ def plot_norm_propagation(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def image_rows(rows: list[tuple[str, Any]], path: str | Path, cell: float = 0.55) -> str:
+    """Draw rows of small grey or RGB images, one titled row per entry, and save as PNG.
+
+    Args:
+        rows: ``(title, images)`` pairs; ``images`` is an array-like ``(n, H, W)`` or
+            ``(n, H, W, 3)`` with values in [0, 1] (rows may differ in ``n``).
+        path: the PNG to write.
+        cell: inches per image.
+
+    Returns:
+        The file name written.
+    """
+    import numpy as np
+
+    arrays = [np.asarray(imgs, dtype=float) for _, imgs in rows]
+    ncol = max(len(a) for a in arrays)
+    fig, axes = plt.subplots(
+        len(rows), ncol, figsize=(cell * ncol + 1.2, cell * len(rows) + 0.3), squeeze=False
+    )
+    for r, ((title, _), imgs) in enumerate(zip(rows, arrays)):
+        for c in range(ncol):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            for side in ax.spines.values():
+                side.set_visible(False)
+            if c < len(imgs):
+                ax.imshow(np.clip(imgs[c], 0, 1), cmap="gray", vmin=0, vmax=1)
+        axes[r, 0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
+    return save(fig, path)

@@ -30,8 +30,10 @@ class TrainConfig:
         log_every: write a ``train`` record to ``metrics.jsonl`` every this many steps.
         ckpt_every: checkpoint every this many steps (``None`` or 0: only at the end). A
             checkpoint is always written when ``fit`` finishes.
-        grad_clip: clip the global gradient L2 norm to this value (``None`` or 0: no clipping;
-            the norm is still measured and logged as ``grad_norm``).
+        grad_clip: clip the global gradient L2 norm to this value (``None`` or 0: no clipping).
+            The pre-clip norm is logged as ``grad_norm``: the mean over the log window when
+            clipping (it is computed every step anyway), otherwise the norm at the logging step
+            only (computing it every step would cost a pass over all gradients for nothing).
         bf16: run ``loss_fn`` under ``torch.autocast(dtype=torch.bfloat16)`` (CPU or CUDA).
         seed: seeds data order (shared by all ranks) and Python/NumPy/torch RNGs (``seed + rank``).
         num_workers: DataLoader worker processes.

@@ -73,6 +73,8 @@ def make_loader(
 def move_to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor inside nested dicts/lists/tuples to ``device`` (other leaves untouched)."""
     if isinstance(batch, torch.Tensor):
+        if batch.device == device:
+            return batch
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
         moved = {k: move_to_device(v, device) for k, v in batch.items()}

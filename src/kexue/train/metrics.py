@@ -66,7 +66,11 @@ class MetricsLog:
 
 
 class RunningMeans:
-    """Sums of per-step values between log events; tensors stay on device until :meth:`means`."""
+    """Sums of per-step values between log events.
+
+    CPU tensors are read at once (``item()`` costs less than keeping a tensor sum); tensors on an
+    accelerator stay there until :meth:`means`, so logging never forces a per-step sync.
+    """
 
     def __init__(self) -> None:
         self.sums: dict[str, Any] = {}
@@ -78,7 +82,10 @@ class RunningMeans:
             if isinstance(v, torch.Tensor):
                 if v.numel() != 1:
                     raise ValueError(f"metric {k!r} must be a scalar, got shape {tuple(v.shape)}")
-                v = v.detach().float().reshape(())
+                if v.device.type == "cpu":
+                    v = float(v.item())  # a host read is cheaper than three small tensor ops
+                else:  # accelerators: stay on device, one transfer at the log event
+                    v = v.detach().float().reshape(())
             else:
                 v = to_float(v, k)
             self.sums[k] = self.sums.get(k, 0.0) + v

@@ -21,6 +21,7 @@ randomness use the global RNGs (seeded with ``seed + rank``), whose states are s
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -57,6 +58,27 @@ LossFn = Callable[[nn.Module, Any], LossOutput]
 EvalFn = Callable[[nn.Module], Mapping[str, Any]]
 
 __all__ = ["Trainer", "move_to_device"]
+
+
+def _check_optimizer_params(optimizer: Any, model: nn.Module) -> None:
+    """Every parameter the optimizer updates must be one of the model's (checked by identity).
+
+    Otherwise training is a silent no-op (an optimizer built on another model's parameters) or
+    silently incomplete on resume (checkpoints hold only the model's weights).
+    """
+    own = {id(p) for p in model.parameters()}
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    if not held:
+        raise ValueError("optimizer holds no parameters; build it on model.parameters()")
+    foreign = [p for p in held if id(p) not in own]
+    if foreign:
+        shapes = ", ".join(str(tuple(p.shape)) for p in foreign[:3])
+        raise ValueError(
+            f"optimizer holds {len(foreign)} of {len(held)} parameter(s) that are not the "
+            f"model's (shapes {shapes}{', ...' if len(foreign) > 3 else ''}): they would be "
+            "trained without being checkpointed, or the model would not train at all; build "
+            "the optimizer on this model's parameters (or pass params -> optimizer)"
+        )
 
 
 def _clip_mixed_(params: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
@@ -112,7 +134,8 @@ class Trainer:
 
     Raises:
         TypeError: ``train_data`` has no ``__len__`` or ``config`` is not a TrainConfig.
-        ValueError: the data yields no batch per epoch.
+        ValueError: the data yields no batch per epoch; the optimizer holds no parameters or
+            parameters that are not the model's.
     """
 
     def __init__(
@@ -158,6 +181,7 @@ class Trainer:
                 raise TypeError(
                     f"optimizer has no {attr!r}; pass an Optimizer or params -> Optimizer"
                 )
+        _check_optimizer_params(optimizer, model)
         self.optimizer = optimizer
         if scheduler is not None and not hasattr(scheduler, "state_dict") and callable(scheduler):
             scheduler = scheduler(optimizer)
@@ -393,7 +417,10 @@ class Trainer:
         self.log.clear()
 
     # ------------------------------------------------------------------ one step, one eval
-    def _train_step(self, batch: Any) -> tuple[torch.Tensor, Mapping[str, Any], torch.Tensor]:
+    def _train_step(
+        self, batch: Any, need_norm: bool
+    ) -> tuple[torch.Tensor, Mapping[str, Any], torch.Tensor | None]:
+        """One optimizer step; the gradient norm only when clipping or logging needs it."""
         batch = move_to_device(batch, self.device)
         self.optimizer.zero_grad()
         with self._autocast():
@@ -401,21 +428,26 @@ class Trainer:
         loss, metrics = out if isinstance(out, tuple) else (out, None)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError("loss_fn must return a scalar tensor loss (or (loss, metrics))")
-        if not torch.isfinite(loss.detach()).item():
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step + 1}")
+        loss = loss.reshape(())
+        value = loss.item()  # one host read per step (cheaper than an isfinite kernel + read)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"non-finite loss {value} at step {self.step + 1}")
         loss.backward()
-        # g <- g * min(1, c / ||g||); the pre-clip norm ||g|| is logged as grad_norm
-        params = [p for p in dist.unwrap(self.model).parameters() if p.grad is not None]
-        if any(p.grad.is_sparse for p in params):
-            grad_norm = _clip_mixed_(params, self.config.grad_clip)
-        elif self.config.grad_clip:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        grad_norm = None
+        if need_norm or self.config.grad_clip:
+            # g <- g * min(1, c / ||g||); the pre-clip norm ||g|| is logged as grad_norm
+            params = [p for p in dist.unwrap(self.model).parameters() if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                grad_norm = _clip_mixed_(params, self.config.grad_clip)
+            elif self.config.grad_clip:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+            else:
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            grad_norm = grad_norm.detach()
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        return loss.detach(), metrics or {}, grad_norm.detach()
+        return loss.detach(), metrics or {}, grad_norm
 
     def evaluate(self) -> dict[str, Any]:
         """Call ``eval_fn`` now (rank 0), log an ``eval`` record and return it (every rank)."""
@@ -494,6 +526,7 @@ class Trainer:
             desc=self.out_dir.name if self.out_dir is not None else "train",
         )
         window, window_tokens, t_window = RunningMeans(), 0.0, time.perf_counter()
+        norms = RunningMeans()  # grad norms: every step when clipping, else at log steps only
         last_train: dict[str, Any] = {}
         last_eval_step = self.evals[-1]["step"] if self.evals else -1
         last_ckpt_step = self.step if resumed else -1
@@ -504,7 +537,10 @@ class Trainer:
             nonlocal window_tokens, t_window, last_train
             if window.count == 0:
                 return
-            means = dist.all_reduce_mean(window.means(), self.device)
+            means = window.means()
+            if norms.count:
+                means["grad_norm"] = norms.means()["grad_norm"]
+            means = dist.all_reduce_mean(means, self.device)
             tokens = dist.all_reduce_sum(window_tokens, self.device)
             elapsed = max(time.perf_counter() - t_window, 1e-12)
             record = {**self._stamp("train"), **means, "steps_per_s": window.count / elapsed}
@@ -514,6 +550,7 @@ class Trainer:
             bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{record['lr']:.3g}", refresh=False)
             last_train = record
             window.reset()
+            norms.reset()
             window_tokens, t_window = 0.0, time.perf_counter()
 
         try:
@@ -528,12 +565,16 @@ class Trainer:
                     pin_memory=self.device.type == "cuda",
                 )
                 for batch in loader:
-                    loss, metrics, grad_norm = self._train_step(batch)
-                    self.step += 1
+                    step = self.step + 1
+                    logs = step % cfg.log_every == 0 or step >= self.max_steps
+                    loss, metrics, grad_norm = self._train_step(batch, need_norm=logs)
+                    self.step = step
                     self.batch_in_epoch += 1
                     if self.batch_in_epoch >= len(batches):
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    window.add({"loss": loss, "grad_norm": grad_norm, **metrics})
+                    window.add({"loss": loss, **metrics} if metrics else {"loss": loss})
+                    if grad_norm is not None:
+                        norms.add({"grad_norm": grad_norm})
                     if "tokens" in metrics:
                         n_tok = to_float(metrics["tokens"], "tokens")
                         window_tokens += n_tok

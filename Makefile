@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.kexue-installed
 export OMP_NUM_THREADS ?= 2
 export MPLBACKEND := Agg
 
-.PHONY: setup report test test-slow bench lint format clean
+.PHONY: setup report readme test test-slow bench lint format clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 
 report: setup
 	$(VENV)/bin/kexue report --scale quick --out report/
+
+# after `make report`: rewrite the README's results blocks (and docs/results/ snapshots) from it
+readme: setup
+	$(VENV)/bin/kexue readme --results report --readme README.md --snapshots docs/results
 
 test: setup
 	$(PY) -m pytest -q

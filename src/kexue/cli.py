@@ -95,6 +95,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _cmd_readme(args: argparse.Namespace) -> int:
+    from kexue.report.readme import update_readme
+
+    for path, what in ((args.readme, "--readme"), (args.results, "--results")):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{what} {path} does not exist")
+    names = update_readme(args.readme, args.results, args.snapshots)
+    print(f"README blocks updated from {args.results}: {', '.join(names) or 'none'}")
+    return 0
+
+
 def _cmd_data_list(args: argparse.Namespace) -> int:
     from kexue.data import list_datasets
 
@@ -144,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--out", help="output directory (default: runs/ or report/)")
         s.add_argument("--no-progress", action="store_true", help="no progress bars")
         s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+    s = sub.add_parser(
+        "readme",
+        help="refresh the README's results blocks from a report directory",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("--results", default="report", help="report directory (kexue report --out)")
+    s.add_argument("--readme", default="README.md", help="README to update in place")
+    s.add_argument("--snapshots", default="docs/results", help="where result snapshots go")
+    s.set_defaults(func=_cmd_readme)
 
     s = sub.add_parser("data", help="shipped datasets")
     dsub = s.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=_Parser)

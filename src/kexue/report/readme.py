@@ -1,0 +1,98 @@
+"""README results blocks generated from runs, so that every number in them was computed by a run.
+
+``make readme`` (after ``make report``) calls :func:`update_readme`: for each
+``report/<name>/results.json`` it stores a snapshot ``docs/results/<scale>/<name>.json`` (the
+result without the machine-specific environment) and rewrites the README's block between
+
+    <!-- kexue:results NAME SCALE -->
+    ...
+    <!-- /kexue:results -->
+
+with :func:`readme_block` of that result: the headline and the article-vs-ours table.
+``tests/test_readme.py`` re-renders every block from its committed snapshot and fails if the
+README differs, so a README number cannot be typed in by hand or go stale silently.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from kexue.core.io import atomic_write_json, atomic_write_text
+from kexue.report.markdown import COMPARISON_COLUMNS, comparison_rows, fmt, table_md
+from kexue.report.result import Result
+
+BLOCK = re.compile(
+    r"<!-- kexue:results (?P<name>[a-z0-9-]+) (?P<scale>smoke|quick|full) -->\n"
+    r"(?P<body>.*?)<!-- /kexue:results -->",
+    flags=re.S,
+)
+
+
+def readme_block(res: Result) -> str:
+    """The README's markdown for one result: provenance line, headline, article-vs-ours table."""
+    p = res.provenance
+    if p is None:
+        raise ValueError("readme_block needs a result with provenance (run it through reproduce)")
+    lines = [
+        f"`kexue reproduce {p.name} --scale {p.scale}` — {fmt(p.wall_time_s)} s on "
+        f"{p.environment.get('torch_threads', '?')} thread(s), torch {p.environment.get('torch', '?')}",
+        "",
+        f"{res.headline}",
+        "",
+        table_md(COMPARISON_COLUMNS, comparison_rows(res)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def snapshot(res: Result) -> dict:
+    """What is committed for the README check: the result as JSON, environment reduced."""
+    obj = res.to_json()
+    env = obj.get("environment", {})
+    obj["environment"] = {k: env[k] for k in ("torch", "torch_threads", "cuda") if k in env}
+    return obj
+
+
+def load_snapshot(path: str | Path) -> Result:
+    """Read a snapshot written by :func:`update_readme`; ``ValueError`` names a bad file."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read snapshot ({exc})") from None
+    return Result.from_json(obj, source=str(path))
+
+
+def blocks(text: str) -> list[tuple[str, str, str]]:
+    """``(name, scale, body)`` of every results block in a README text."""
+    return [(m["name"], m["scale"], m["body"]) for m in BLOCK.finditer(text)]
+
+
+def update_readme(readme: str | Path, results_dir: str | Path, snapshots: str | Path) -> list[str]:
+    """Refresh README blocks (and snapshots) from ``results_dir/*/results.json``.
+
+    Only blocks already present in the README are rewritten (add a block's two marker lines
+    once, by hand, to place it). Returns the names of the blocks updated.
+    """
+    readme, results_dir, snapshots = Path(readme), Path(results_dir), Path(snapshots)
+    text = readme.read_text(encoding="utf-8")
+    found: dict[tuple[str, str], Result] = {}
+    for path in sorted(results_dir.glob("*/results.json")):
+        res = Result.from_json(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+        if res.provenance is not None:
+            found[(res.provenance.name, res.provenance.scale)] = res
+    updated: list[str] = []
+
+    def repl(m: re.Match) -> str:
+        key = (m["name"], m["scale"])
+        if key not in found:
+            return m.group(0)
+        res = found[key]
+        atomic_write_json(snapshots / m["scale"] / f"{m['name']}.json", snapshot(res))
+        updated.append(m["name"])
+        return f"<!-- kexue:results {m['name']} {m['scale']} -->\n{readme_block(res)}<!-- /kexue:results -->"
+
+    atomic_write_text(readme, BLOCK.sub(repl, text))
+    return updated

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import kexue
 
-
 # parts (and plumbing) with a command group, in `kexue --help` order; each module defines
 # ``add_subparser(subparsers)``
 PART_CLIS = ("tagging", "lm", "mrc", "vq", "seq2seq", "analysis")

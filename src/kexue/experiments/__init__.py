@@ -82,6 +82,16 @@ register(
     )
 )
 
+register(
+    Entry(
+        name="vq-vae",
+        module="kexue.experiments.vq_vae",
+        article="VQ-VAE的简明介绍：量子化自编码器 “A brief introduction to VQ-VAE: the quantised auto-encoder” (2019-06-24)",
+        part="kexue.vq",
+        summary="VQ-VAE on MNIST (28x28 -> 7x7 codes): reconstruction, codebook usage, gated PixelCNN prior NLL and samples",
+    )
+)
+
 
 def get(name: str) -> Entry:
     """Look up an experiment by name; ``ValueError`` lists the known names."""

@@ -1,0 +1,389 @@
+r"""The MLM reader: all answer slots predicted in one forward pass, decoded inside the passage.
+
+Su Jianlin, 《"非自回归"也不差：基于MLM的阅读理解问答》 (kexue.fm, 2019-12-26). With
+$l_{\max}=L$ ``[MASK]`` slots in front of question and passage, the answer is modelled as
+conditionally independent characters, $p(y\mid x)=\prod_t p(y_t\mid x)$.
+
+Decoding (one passage, token list $t$ *including* its final ``[SEP]``): greedy over the slots,
+at slot $i$ only tokens that continue the current prefix $a$ somewhere in $t$ (plus ``[SEP]``)
+are allowed; the raw (not renormalised) slot probability of the pick is kept, and the score is
+their mean, the ``[SEP]`` step included:
+
+$$a_{i}=\arg\max_{y\in N(a)\cup\{\mathrm{[SEP]}\}} P_i(y),\qquad
+  v=\tfrac{1}{k}\textstyle\sum_{i\le k} P_i(a_i).$$
+
+Several passages (or windows of one long passage) vote: for every non-empty answer string
+$a$ with per-passage scores $v_1..v_c$, $s(a)=\sum_j v_j^2/(\sum_j v_j+1)$; the answer is
+$\arg\max_a s(a)$, or ``''`` when no passage produced one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from kexue.mrc.features import (
+    Encoded,
+    build_inputs,
+    build_target,
+    char_ids,
+    collate,
+    normalize_passage,
+    special_ids,
+    windows,
+)
+
+__all__ = [
+    "MLMReader",
+    "aggregate_answers",
+    "best_answer",
+    "check_question",
+    "constrained_greedy_decode",
+    "masked_slot_loss",
+    "unconstrained_decode",
+]
+
+
+# -- pure functions ----------------------------------------------------------------------------
+def _pick(probs: torch.Tensor, allowed: list[int]) -> tuple[int, float]:
+    """Argmax of ``probs`` over ``allowed`` (sorted ids); ties -> the lowest id."""
+    vals = probs[allowed]
+    best = float(vals.max())
+    return allowed[int((vals == best).nonzero()[0, 0])], best
+
+
+def constrained_greedy_decode(
+    slot_probs: torch.Tensor, passage_ids: Sequence[int], end_id: int
+) -> tuple[list[int], float, int]:
+    """Greedy decoding restricted to continuations that occur in the passage.
+
+    Args:
+        slot_probs: ``(L, v)`` slot distributions (softmax outputs; not renormalised here).
+        passage_ids: passage tokens ``t_1..t_m`` *including* the final ``[SEP]``.
+        end_id: the ``[SEP]`` id (always allowed; decoding stops on it).
+
+    Returns:
+        ``(answer_ids, score, start)``: the answer tokens (without ``[SEP]``; a contiguous
+        sub-list of ``passage_ids``), the mean picked probability over the steps taken and
+        the index in ``passage_ids`` of the answer's first occurrence (0 for ``[]``).
+
+    Raises:
+        ValueError: ``slot_probs`` is not 2-D.
+    """
+    if slot_probs.dim() != 2:
+        raise ValueError(f"slot_probs must be (L, v), got shape {tuple(slot_probs.shape)}")
+    t = list(passage_ids)
+    probs = slot_probs.detach().float().cpu()
+    starts = list(range(len(t)))  # occurrences s with t[s:s+k] == a; k = len(a)
+    answer: list[int] = []
+    total, steps = 0.0, 0
+    for i in range(probs.shape[0]):
+        k = len(answer)
+        # N(a): tokens following an occurrence of the prefix (scan, no n-gram table needed)
+        allowed = sorted({t[s + k] for s in starts if s + k < len(t)} | {end_id})
+        tok, p = _pick(probs[i], allowed)
+        total, steps = total + p, steps + 1
+        if tok == end_id:
+            break
+        answer.append(tok)
+        starts = [s for s in starts if s + k < len(t) and t[s + k] == tok]
+    start = starts[0] if answer else 0
+    return answer, total / max(steps, 1), start
+
+
+def unconstrained_decode(slot_probs: torch.Tensor, end_id: int) -> tuple[list[int], float]:
+    """Slot-by-slot argmax until the first ``end_id``; score = mean picked probability.
+
+    Args:
+        slot_probs: ``(L, v)``.
+        end_id: the ``[SEP]`` id.
+
+    Returns:
+        ``(answer_ids without [SEP], score)``.
+    """
+    if slot_probs.dim() != 2:
+        raise ValueError(f"slot_probs must be (L, v), got shape {tuple(slot_probs.shape)}")
+    probs = slot_probs.detach().float().cpu()
+    answer, total, steps = [], 0.0, 0
+    for i in range(probs.shape[0]):
+        tok, p = _pick(probs[i], list(range(probs.shape[1])))
+        total, steps = total + p, steps + 1
+        if tok == end_id:
+            break
+        answer.append(tok)
+    return answer, total / max(steps, 1)
+
+
+def aggregate_answers(candidates: Sequence[tuple[str, float]]) -> dict[str, float]:
+    r"""Vote over passages: $s(a)=\sum_j v_j^2 / (\sum_j v_j + 1)$ per non-empty answer ``a``.
+
+    Args:
+        candidates: ``(answer text, per-passage score v)`` pairs; empty answers are ignored.
+
+    Returns:
+        ``{answer: s(answer)}`` (empty when no candidate has a non-empty answer).
+    """
+    sums: dict[str, list[float]] = {}
+    for text, v in candidates:
+        if text:
+            acc = sums.setdefault(text, [0.0, 0.0])
+            acc[0] += v * v
+            acc[1] += v
+    return {a: sq / (s + 1.0) for a, (sq, s) in sums.items()}
+
+
+def best_answer(candidates: Sequence[tuple[str, float]]) -> tuple[str, float]:
+    """``argmax_a s(a)`` of :func:`aggregate_answers` (ties: first seen), or ``('', 0.0)``."""
+    scores = aggregate_answers(candidates)
+    if not scores:
+        return "", 0.0
+    best = max(scores.items(), key=lambda kv: kv[1])  # max keeps the first of equal scores
+    return best
+
+
+def masked_slot_loss(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    r"""Cross-entropy over the non-pad slots: $\sum m\,(-\log p(y)) / \sum m$, $m=[y\ne 0]$.
+
+    Args:
+        logits: ``(b, L, v)`` slot logits.
+        targets: ``(b, L)`` slot targets, 0 = ``[PAD]`` (ignored).
+        reduction: ``"mean"`` (over non-pad slots of the batch), ``"sum"`` or ``"none"``
+            (``(b, L)``, zeros at pads).
+    """
+    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(
+            f"logits must be (b, L, v) and targets (b, L); got {tuple(logits.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    m = targets != 0
+    if logits.dtype in (torch.float16, torch.bfloat16):  # the softmax in fp32 under autocast
+        logits = logits.float()
+    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * m
+    if reduction == "none":
+        return nll
+    if reduction == "sum":
+        return nll.sum()
+    return nll.sum() / m.sum().clamp_min(1)
+
+
+def check_question(question: object, passages: object) -> list[str]:
+    """Validate one ``(question, passages)`` query; returns the passages as a list.
+
+    Raises:
+        TypeError: question not a str, passages not a str / list of str.
+        ValueError: empty question or no passage.
+    """
+    if not isinstance(question, str):
+        raise TypeError(f"question must be a str, got {type(question).__name__}")
+    if not question.strip():
+        raise ValueError("question is empty")
+    if isinstance(passages, str):
+        passages = [passages]
+    if not isinstance(passages, list | tuple):
+        raise TypeError(f"passages must be a str or a list of str, got {type(passages).__name__}")
+    if not passages:
+        raise ValueError("passages is empty: give at least one passage")
+    for i, p in enumerate(passages):
+        if not isinstance(p, str):
+            raise TypeError(f"passages[{i}] must be a str, got {type(p).__name__}")
+    return list(passages)
+
+
+def _check_len(name: str, v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    return v
+
+
+# -- the reader --------------------------------------------------------------------------------
+class MLMReader:
+    """Extractive QA with a masked LM (``BertForMaskedLM`` or any model returning ``.logits``).
+
+    Args:
+        model: the masked LM; ``model(input_ids=, attention_mask=, token_type_ids=).logits`` is
+            ``(b, n, v)``. HF BERT models use a faster path (MLM head on the slots only).
+        tokenizer: its tokenizer (special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]``).
+        max_answer_len: ``L``, the number of answer slots (answers keep ``L - 1`` tokens).
+        max_question_len: question tokens kept, its ``[SEP]`` included.
+        max_passage_len: passage window in tokens (without its ``[SEP]``).
+        stride: step between windows of a long passage (default ``max_passage_len // 2``).
+        constrained: decode inside the passage (False: slot-by-slot argmax).
+
+    Raises:
+        ValueError: bad lengths, ``stride > max_passage_len``, or a position table shorter than
+            the longest input ``1 + L + 1 + max_question_len + max_passage_len + 1``.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_answer_len: int = 32,
+        max_question_len: int = 64,
+        max_passage_len: int = 256,
+        stride: int | None = None,
+        constrained: bool = True,
+    ) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model, self.tokenizer = model, tokenizer
+        self.ids = special_ids(tokenizer)
+        self.max_answer_len = _check_len("max_answer_len", max_answer_len)
+        self.max_question_len = _check_len("max_question_len", max_question_len)
+        self.max_passage_len = _check_len("max_passage_len", max_passage_len)
+        stride = max(1, max_passage_len // 2) if stride is None else stride
+        self.stride = _check_len("stride", stride)
+        if stride > max_passage_len:
+            raise ValueError(f"stride ({stride}) must be <= max_passage_len ({max_passage_len})")
+        self.constrained = bool(constrained)
+        longest = max_answer_len + max_question_len + max_passage_len + 3
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if positions is not None and longest > positions:
+            raise ValueError(
+                f"inputs of up to {longest} tokens do not fit the model's {positions} positions;"
+                " lower max_passage_len / max_question_len / max_answer_len"
+            )
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> MLMReader:
+        """Load a local HF masked-LM directory (``config.json``, weights, tokenizer files).
+
+        Raises:
+            FileNotFoundError: no directory, no ``config.json`` or no tokenizer in it.
+        """
+        from pathlib import Path
+
+        import transformers
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: not a HF model directory")
+        if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+            raise FileNotFoundError(f"{path} has no tokenizer (tokenizer.json or vocab.txt)")
+        transformers.utils.logging.disable_progress_bar()
+        tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = transformers.AutoModelForMaskedLM.from_pretrained(str(path), local_files_only=True)
+        return cls(model.eval(), tok, **kwargs)
+
+    # -- features ------------------------------------------------------------------------------
+    def encode(self, question: str, passage: str) -> list[tuple[Encoded, str]]:
+        """Inputs for one question and one passage: one per window, with the window's text.
+
+        Returns:
+            ``[(Encoded, window text)]``; the text is the (un-normalised) passage slice the
+            window covers, and ``Encoded.passage_offsets`` index the full passage.
+        """
+        q_ids, _ = char_ids(self.tokenizer, question)
+        p_ids, p_off = char_ids(self.tokenizer, normalize_passage(passage))
+        out = []
+        for s, e in windows(len(p_ids), self.max_passage_len, self.stride):
+            enc = build_inputs(
+                q_ids,
+                p_ids[s:e],
+                p_off[s:e],
+                self.ids,
+                max_answer_len=self.max_answer_len,
+                max_question_len=self.max_question_len,
+            )
+            text = passage[p_off[s] : p_off[e - 1] + 1] if e > s else ""
+            out.append((enc, text))
+        return out
+
+    def training_features(
+        self, question: str, passage: str, answer: str
+    ) -> list[tuple[list[int], list[int]]]:
+        """``(input_ids, slot targets)`` per window; a window whose normalised text does not
+        contain the (normalised) answer is labelled "no answer" (target ``[SEP]`` first)."""
+        ans = normalize_passage(answer) if answer else ""
+        a_ids, _ = char_ids(self.tokenizer, ans)
+        out = []
+        for enc, text in self.encode(question, passage):
+            present = bool(ans) and ans in normalize_passage(text)
+            target = build_target(a_ids if present else [], self.max_answer_len, self.ids.sep)
+            out.append((enc.input_ids, target))
+        return out
+
+    # -- model ---------------------------------------------------------------------------------
+    def slot_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Slot logits ``(b, L, v)`` at positions ``1..L`` of ``input_ids (b, n)``."""
+        L = self.max_answer_len
+        types = torch.zeros_like(input_ids)
+        m = self.model
+        if hasattr(m, "bert") and hasattr(m, "cls"):  # HF BERT: MLM head on the L slots only
+            h = m.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=types
+            ).last_hidden_state
+            return m.cls(h[:, 1 : L + 1])
+        return m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=types).logits[
+            :, 1 : L + 1
+        ]
+
+    def loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """Masked slot cross-entropy (:func:`masked_slot_loss`) of a padded batch."""
+        return masked_slot_loss(self.slot_logits(input_ids, attention_mask), targets)
+
+    # -- prediction ----------------------------------------------------------------------------
+    def _decode(self, probs: torch.Tensor, enc: Encoded, passage: str) -> tuple[str, float]:
+        if not self.constrained:
+            ids, score = unconstrained_decode(probs, self.ids.sep)
+            return self.tokenizer.decode(ids).replace(" ", ""), score
+        ids, score, start = constrained_greedy_decode(probs, enc.passage_ids, self.ids.sep)
+        if not ids:
+            return "", score
+        off = enc.passage_offsets
+        return passage[off[start] : off[start + len(ids) - 1] + 1], score
+
+    @torch.no_grad()
+    def candidates_batch(
+        self, queries: Sequence[tuple[str, Sequence[str]]], batch_size: int = 32
+    ) -> list[list[tuple[str, float]]]:
+        """Per query, the ``(answer, score)`` of every passage window (before voting)."""
+        flat: list[tuple[int, Encoded, str]] = []
+        for qi, (question, passages) in enumerate(queries):
+            for p in check_question(question, passages):
+                flat += [(qi, enc, p) for enc, _ in self.encode(question, p)]
+        _check_len("batch_size", batch_size)
+        was_training = self.model.training
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        out: list[list[tuple[str, float]]] = [[] for _ in queries]
+        try:
+            for i in range(0, len(flat), batch_size):
+                chunk = flat[i : i + batch_size]
+                ids, mask = collate([enc.input_ids for _, enc, _ in chunk], self.ids.pad)
+                probs = self.slot_logits(ids.to(device), mask.to(device)).float().softmax(-1)
+                for (qi, enc, p), pr in zip(chunk, probs.cpu(), strict=True):
+                    out[qi].append(self._decode(pr, enc, p))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def predict_batch(
+        self, queries: Sequence[tuple[str, Sequence[str]]], batch_size: int = 32
+    ) -> list[tuple[str, float]]:
+        """:meth:`predict` for many ``(question, passages)`` queries, ``batch_size`` windows
+        per forward pass."""
+        return [best_answer(c) for c in self.candidates_batch(queries, batch_size)]
+
+    def predict(self, question: str, passages: str | Sequence[str]) -> tuple[str, float]:
+        """Answer ``question`` from one passage or several (voting as in the module docstring).
+
+        Returns:
+            ``(answer, s(answer))``; ``('', 0.0)`` when every passage says "no answer".
+
+        Raises:
+            TypeError / ValueError: see :func:`check_question`.
+        """
+        passages = check_question(question, passages)
+        return self.predict_batch([(question, passages)])[0]

@@ -92,6 +92,16 @@ register(
     )
 )
 
+register(
+    Entry(
+        name="batchnorm",
+        module="kexue.experiments.batchnorm",
+        article="BN究竟起了什么作用？一个闭门造车的分析 “What does BN actually do? An armchair analysis” (2019-10-11)",
+        part="kexue.analysis",
+        summary="same CNN with/without BN on MNIST: loss range, gradient predictiveness, effective beta, top Hessian eigenvalue, largest trainable LR",
+    )
+)
+
 
 def get(name: str) -> Entry:
     """Look up an experiment by name; ``ValueError`` lists the known names."""

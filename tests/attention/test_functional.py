@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from attention_oracles import loop_attention
+from attention_oracles import dense_probs, loop_attention
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -214,6 +214,42 @@ def test_dropout_path_and_eval_mode():
         assert all(torch.isfinite(t).all() for t in grads)
 
 
+@pytest.mark.parametrize("kind,params", PATTERNS[1:])
+@pytest.mark.parametrize("causal", [False, True])
+def test_dropout_equals_dense_reference_under_the_same_mask(kind, params, causal):
+    """Dropout acts on the normalised probabilities of S(i): out = (P * M / (1 - p)) V.
+
+    The mask M is read off the kernel itself: with V = identity (e_v = n) the output *is* the
+    dropped probability matrix, and the draws do not depend on e_v, so re-seeding and running
+    with real values reuses M. Each kept entry must equal P_ij / (1 - p) of the oracle's P
+    (:func:`attention_oracles.dense_probs`, which does not import the code under test), each
+    disallowed entry stays 0, and outputs and gradients match the dense formula with that M.
+    """
+    p_drop, b, h, n, e = 0.3, 2, 2, 30, 4
+    q, k, v, kpm, g = _inputs(b, h, n, e, torch.float64, [30, 19])
+    kw = dict(causal=causal, key_padding_mask=kpm, dropout_p=p_drop, **params)
+    eye = torch.eye(n, dtype=torch.float64).expand(b, h, n, n)
+    torch.manual_seed(7)
+    dropped = attention(q.detach(), k.detach(), eye, kind, **kw)  # (b, h, n, n) = P M / (1 - p)
+    probs = dense_probs(q.detach(), k.detach(), kind, causal=causal, key_padding_mask=kpm, **params)
+    allowed = probs > 0
+    assert (dropped[~allowed] == 0).all()  # nothing leaks outside S(i)
+    keep = (dropped * (1 - p_drop) / probs.clamp_min(1e-300))[allowed]
+    assert ((keep - 1).abs() < 1e-9).logical_or(keep.abs() < 1e-9).all()  # each entry 0 or P/(1-p)
+    mask = (dropped != 0).double()
+    frac = 1 - mask[allowed].mean().item()
+    assert abs(frac - p_drop) < 0.1, frac  # about p of the allowed entries dropped
+
+    torch.manual_seed(7)
+    out = attention(q, k, v, kind, **kw)
+    ref = (dense_probs(q, k, kind, causal=causal, key_padding_mask=kpm, **params) * mask
+           / (1 - p_drop)) @ v  # fmt: skip
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
+    for a, r in zip(torch.autograd.grad((out * g).sum(), (q, k, v)),
+                    torch.autograd.grad((ref * g).sum(), (q, k, v)), strict=True):  # fmt: skip
+        torch.testing.assert_close(a, r, atol=1e-10, rtol=0)
+
+
 def test_custom_scale_and_value_dim():
     q, k, _, kpm, _ = _inputs(2, 2, 17, 4, torch.float64, [17, 5])
     v = torch.randn(2, 2, 17, 7, dtype=torch.float64)
@@ -257,3 +293,66 @@ def test_masked_attention_cross_shapes():
     s = (q @ k.transpose(-1, -2)) / math.sqrt(4)
     s = s.masked_fill(~kpm[:, None, None], -math.inf)
     torch.testing.assert_close(ref, torch.softmax(s, -1) @ v, atol=1e-12, rtol=0)
+
+
+PUBLIC = {
+    "masked_attention": lambda q, k, v, **kw: F_.masked_attention(q, k, v, **kw),
+    "full_attention": lambda q, k, v, **kw: F_.full_attention(q, k, v, **kw),
+    "local_attention": lambda q, k, v, **kw: F_.local_attention(q, k, v, 2, **kw),
+    "atrous_attention": lambda q, k, v, **kw: F_.atrous_attention(q, k, v, 2, **kw),
+    "sparse_attention": lambda q, k, v, **kw: F_.sparse_attention(q, k, v, 2, **kw),
+    "strided_attention": lambda q, k, v, **kw: F_.strided_attention(q, k, v, 2, **kw),
+    "fixed_attention": lambda q, k, v, **kw: F_.fixed_attention(q, k, v, 2, **kw),
+    "attention": lambda q, k, v, **kw: attention(q, k, v, "local", window=2, **kw),
+    "attention(dense)": lambda q, k, v, **kw: attention(
+        q, k, v, "local", impl="dense", window=2, **kw
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLIC))
+def test_dtype_and_device_checked_at_the_boundary(name):
+    """Issue 9 §4: ``local_attention(q.half(), k.float(), v.float())`` failed inside _tiles."""
+    fn = PUBLIC[name]
+    q = torch.randn(1, 2, 8, 4)
+    with pytest.raises(TypeError, match=r"k must have q's dtype torch.float16, got torch.float32"):
+        fn(q.half(), q.float(), q.float())
+    with pytest.raises(TypeError, match=r"v must have q's dtype torch.float64"):
+        fn(q.double(), q.double(), q.float())
+    with pytest.raises(TypeError, match="q must be floating point"):
+        fn(q.long(), q.long(), q.long())
+    with pytest.raises(TypeError, match="k must be a torch.Tensor"):
+        fn(q, q.numpy(), q)
+    meta = q.to("meta")
+    with pytest.raises(ValueError, match=r"v is on meta but q is on cpu"):
+        fn(q, q, meta)
+    with pytest.raises(ValueError, match=r"key_padding_mask is on meta"):
+        fn(q, q, q, key_padding_mask=torch.ones(1, 8, dtype=torch.bool, device="meta"))
+    assert fn(q, q, q).shape == (1, 2, 8, 4)
+
+
+def test_masked_attention_checks_the_mask():
+    q = torch.randn(1, 2, 8, 4)
+    with pytest.raises(ValueError, match=r"mask must broadcast to \(b, h, t, s\)"):
+        masked_attention(q, q, q, torch.ones(3, 8, dtype=torch.bool))
+    with pytest.raises(TypeError, match="mask must be a torch.Tensor"):
+        masked_attention(q, q, q, [[True]])
+    assert masked_attention(q, q, q, torch.ones(8, 8, dtype=torch.bool)).shape == q.shape
+
+
+def test_docstrings_complete_and_the_argument_block_written_once():
+    """Issue 8 §5: one shared definition of the q/k/v/options block, every docstring complete."""
+    import inspect
+
+    src = inspect.getsource(F_)
+    assert src.count("key_padding_mask: ``(b,") == 1
+    assert src.count("dropout_p: dropout on") == 1
+    for name in F_.__all__:
+        fn = getattr(F_, name)
+        doc = fn.__doc__
+        for section in ("Args:", "Returns:", "Raises:", "TypeError:", "ValueError:"):
+            assert section in doc, (name, section)
+        for param in inspect.signature(fn).parameters.values():
+            label = f"**{param.name}:" if param.kind is param.VAR_KEYWORD else f"{param.name}:"
+            assert f"\n        {label}" in doc, (name, param.name)
+        assert "{" + "options}" not in doc and "{" + "qkv" not in doc, name

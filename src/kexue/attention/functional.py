@@ -57,19 +57,98 @@ __all__ = [
 ]
 
 
+# --- shared docstring sections ---------------------------------------------------------------
+# Every public function documents the same q/k/v and options; they are written once here and
+# substituted into each docstring (``help()`` and the rendered docs show the complete text).
+_I = "\n        "  # continuation indent of an Args entry
+_DOC = {
+    "{qkv}": _I.join(
+        [
+            "q: ``(b, h, n, e)`` queries, floating point.",
+            "k: ``(b, h, n, e)`` keys (same dtype and device as ``q``).",
+            "v: ``(b, h, n, e_v)`` values (same dtype and device as ``q``).",
+        ]
+    ),
+    "{qkv_cross}": _I.join(
+        [
+            "q: ``(b, h, t, e)`` queries, floating point.",
+            "k: ``(b, h, s, e)`` keys (same dtype and device as ``q``).",
+            "v: ``(b, h, s, e_v)`` values (same dtype and device as ``q``).",
+        ]
+    ),
+    "{causal}": "causal: keep only ``j <= i`` (no query sees a later key).",
+    "{options}": _I.join(
+        [
+            "key_padding_mask: ``(b, n)`` bool (``(b, s)`` for cross shapes), True = valid key;",
+            "    the opposite of ``nn.MultiheadAttention``'s polarity. None: all valid.",
+            "dropout_p: dropout on the normalised attention probabilities, in ``[0, 1)``",
+            "    (applied only when ``training``; kept weights are scaled by ``1 / (1 - p)``).",
+            "scale: score scale :math:`\\alpha`, default ``1 / sqrt(e)``.",
+            "training: apply dropout (pass ``module.training``).",
+        ]
+    ),
+    "{raises}": _I.join(
+        [
+            "TypeError: ``q``/``k``/``v`` are not tensors, ``q`` is not floating point, ``k`` or",
+            "    ``v`` has another dtype than ``q``, ``key_padding_mask`` is not bool, or a",
+            "    pattern parameter is not an int.",
+            "ValueError: a shape disagrees with the ones above (the message names the argument),",
+            "    a tensor is on another device than ``q``, a pattern parameter is out of range, or",
+            "    ``dropout_p`` is outside ``[0, 1)``.",
+        ]
+    ),
+}
+
+
+def _shared_doc(fn):
+    """Fill the ``{qkv}``/``{qkv_cross}``/``{causal}``/``{options}``/``{raises}`` sections."""
+    doc = fn.__doc__
+    for key, text in _DOC.items():
+        doc = doc.replace(key, text)
+    assert not any(key in doc for key in _DOC), fn.__name__
+    fn.__doc__ = doc
+    return fn
+
+
 # --- boundary checks -------------------------------------------------------------------------
-def _check_qkv(q, k, v, key_padding_mask, self_attention: bool = True) -> tuple[int, int, int]:
+def _check_qkv(
+    q, k, v, key_padding_mask, self_attention: bool = True, mask=None
+) -> tuple[int, int, int]:
+    """Shapes, dtypes and devices of the public arguments (one clear error naming the argument)."""
     sizes = check_shape(q, "q", ("b", "h", "n" if self_attention else "t", "e"))
     check_shape(k, "k", ("b", "h", "n", "e"), sizes)
     check_shape(v, "v", ("b", "h", "n", None), sizes)
     if not q.is_floating_point():
         raise TypeError(f"q must be floating point, got {q.dtype}")
+    for name, x in (("k", k), ("v", v)):
+        if x.dtype != q.dtype:
+            raise TypeError(
+                f"{name} must have q's dtype {q.dtype}, got {x.dtype} (cast q, k and v to one "
+                "floating dtype)"
+            )
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}; use one device")
     if key_padding_mask is not None:
         check_shape(key_padding_mask, "key_padding_mask", ("b", "n"), sizes)
         if key_padding_mask.dtype != torch.bool:
             raise TypeError(
                 f"key_padding_mask must be bool (True = valid), got {key_padding_mask.dtype}"
             )
+        if key_padding_mask.device != q.device:
+            raise ValueError(
+                f"key_padding_mask is on {key_padding_mask.device} but q is on {q.device}"
+            )
+    if mask is not None:
+        check_tensor(mask, "mask")
+        if mask.device != q.device:
+            raise ValueError(f"mask is on {mask.device} but q is on {q.device}")
+        want = (sizes["b"], sizes["h"], sizes["t" if not self_attention else "n"], sizes["n"])
+        try:
+            torch.broadcast_shapes(tuple(mask.shape), want)
+        except RuntimeError:
+            raise ValueError(
+                f"mask must broadcast to (b, h, t, s) = {want}, got {tuple(mask.shape)}"
+            ) from None
     return sizes["b"], sizes["h"], sizes["n"]
 
 
@@ -97,6 +176,7 @@ def _valid(key_padding_mask: torch.Tensor | None, b: int, n: int, device) -> tor
 
 
 # --- dense paths ------------------------------------------------------------------------------
+@_shared_doc
 def masked_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -110,20 +190,20 @@ def masked_attention(
 ) -> torch.Tensor:
     """Readable dense reference: softmax over an explicit bool mask (O(t s) memory).
 
+    .. math:: O = \\mathrm{softmax}(\\alpha Q K^\\top + \\log M) V
+
     Args:
-        q: ``(b, h, t, e)`` queries.
-        k: ``(b, h, s, e)`` keys.
-        v: ``(b, h, s, e_v)`` values.
+        {qkv_cross}
         mask: bool, broadcastable to ``(b, h, t, s)``, True = may attend; None = all.
-        key_padding_mask: ``(b, s)`` bool, True = valid key.
-        dropout_p: dropout on attention probabilities (when ``training``).
-        scale: score scale, default ``1 / sqrt(e)``.
-        training: apply dropout.
+        {options}
 
     Returns:
         ``(b, h, t, e_v)``; rows with no allowed key are zeros.
+
+    Raises:
+        {raises}
     """
-    b, _, _ = _check_qkv(q, k, v, key_padding_mask, self_attention=False)
+    b, _, _ = _check_qkv(q, k, v, key_padding_mask, self_attention=False, mask=mask)
     s = torch.matmul(q, k.transpose(-1, -2)) * _scale(scale, q.shape[-1])  # (b, h, t, s)
     ok = torch.ones_like(s, dtype=torch.bool)
     if mask is not None:
@@ -137,6 +217,7 @@ def masked_attention(
     return torch.matmul(p, v)
 
 
+@_shared_doc
 def full_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -151,17 +232,15 @@ def full_attention(
     """Standard attention through ``F.scaled_dot_product_attention`` (flash kernel on CPU).
 
     Args:
-        q: ``(b, h, t, e)`` (``t == s`` when ``causal``).
-        k: ``(b, h, s, e)``.
-        v: ``(b, h, s, e_v)``.
-        causal: query ``i`` sees keys ``j <= i``.
-        key_padding_mask: ``(b, s)`` bool, True = valid key.
-        dropout_p: attention dropout (when ``training``).
-        scale: default ``1 / sqrt(e)``.
-        training: apply dropout.
+        {qkv_cross}
+        {causal} Needs ``t == s``.
+        {options}
 
     Returns:
         ``(b, h, t, e_v)``; rows with no valid key are zeros.
+
+    Raises:
+        {raises}
     """
     _check_qkv(q, k, v, key_padding_mask, self_attention=False)
     if causal and q.shape[2] != k.shape[2]:
@@ -268,6 +347,7 @@ def _atrous_parts(q, k, v, rate, causal, key_valid, scale, dropout_p):
     return out, lse
 
 
+@_shared_doc
 def local_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -284,19 +364,17 @@ def local_attention(
     """Local attention: query ``i`` sees keys ``|i - j| <= window`` (causal: ``i - window <= j <= i``).
 
     Args:
-        q: ``(b, h, n, e)``.
-        k: ``(b, h, n, e)``.
-        v: ``(b, h, n, e_v)``.
+        {qkv}
         window: half-width ``w >= 0`` (``2w + 1`` keys; causal ``w + 1``).
-        causal: keep only ``j <= i``.
-        key_padding_mask: ``(b, n)`` bool, True = valid key.
-        dropout_p: attention dropout (when ``training``).
-        scale: default ``1 / sqrt(e)``.
-        training: apply dropout.
+        {causal}
+        {options}
         block_size: query block ``B`` (default 32); cost ``O(n (2 ceil(w/B)+1) B)``.
 
     Returns:
-        ``(b, h, n, e_v)``.
+        ``(b, h, n, e_v)``; rows with no allowed key are zeros.
+
+    Raises:
+        {raises}
     """
     b, _, n = _check_qkv(q, k, v, key_padding_mask)
     window = check_positive_int(window, "window", 0)
@@ -305,6 +383,7 @@ def local_attention(
     return _local_parts(q, k, v, window, causal, kv, sc, p, block_size)[0]
 
 
+@_shared_doc
 def atrous_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -320,18 +399,16 @@ def atrous_attention(
     """Atrous (dilated) attention: query ``i`` sees keys with ``(i - j) % rate == 0``.
 
     Args:
-        q: ``(b, h, n, e)``.
-        k: ``(b, h, n, e)``.
-        v: ``(b, h, n, e_v)``.
+        {qkv}
         rate: ``r >= 1`` (``r = 1`` is full attention).
-        causal: keep only ``j <= i``.
-        key_padding_mask: ``(b, n)`` bool, True = valid key.
-        dropout_p: attention dropout (when ``training``).
-        scale: default ``1 / sqrt(e)``.
-        training: apply dropout.
+        {causal}
+        {options}
 
     Returns:
-        ``(b, h, n, e_v)``.
+        ``(b, h, n, e_v)``; rows with no allowed key are zeros.
+
+    Raises:
+        {raises}
     """
     b, _, n = _check_qkv(q, k, v, key_padding_mask)
     rate = check_positive_int(rate, "rate", 1)
@@ -340,6 +417,7 @@ def atrous_attention(
     return _atrous_parts(q, k, v, rate, causal, kv, sc, p)[0]
 
 
+@_shared_doc
 def sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -356,19 +434,17 @@ def sparse_attention(
     """Su's sparse attention: one softmax over ``local(window) ∪ atrous(rate)``, each key once.
 
     Args:
-        q: ``(b, h, n, e)``.
-        k: ``(b, h, n, e)``.
-        v: ``(b, h, n, e_v)``.
+        {qkv}
         rate: ``r >= 2``.
         window: local half-width, default ``r - 1`` (any two positions linked within two layers).
-        causal: keep only ``j <= i``.
-        key_padding_mask: ``(b, n)`` bool, True = valid key.
-        dropout_p: attention dropout (when ``training``).
-        scale: default ``1 / sqrt(e)``.
-        training: apply dropout.
+        {causal}
+        {options}
 
     Returns:
-        ``(b, h, n, e_v)``.
+        ``(b, h, n, e_v)``; rows with no allowed key are zeros.
+
+    Raises:
+        {raises}
     """
     b, _, n = _check_qkv(q, k, v, key_padding_mask)
     prm = resolve_params("sparse", rate=rate, window=window)
@@ -389,6 +465,7 @@ def _split_heads(q, k, v, first, second):
     return torch.cat(outs, 1)
 
 
+@_shared_doc
 def strided_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -408,18 +485,16 @@ def strided_attention(
     ``(i - j) % stride == 0``.
 
     Args:
-        q: ``(b, h, n, e)``.
-        k: ``(b, h, n, e)``.
-        v: ``(b, h, n, e_v)``.
+        {qkv}
         stride: ``l >= 1``, typically ``~sqrt(n)``.
-        causal: keep only ``j <= i`` (the paper's setting).
-        key_padding_mask: ``(b, n)`` bool, True = valid key.
-        dropout_p: attention dropout (when ``training``).
-        scale: default ``1 / sqrt(e)``.
-        training: apply dropout.
+        {causal} The paper's setting.
+        {options}
 
     Returns:
-        ``(b, h, n, e_v)``.
+        ``(b, h, n, e_v)``; rows with no allowed key are zeros.
+
+    Raises:
+        {raises}
     """
     b, _, n = _check_qkv(q, k, v, key_padding_mask)
     stride = resolve_params("strided", stride=stride)["stride"]
@@ -432,6 +507,7 @@ def strided_attention(
     )  # fmt: skip
 
 
+@_shared_doc
 def fixed_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -451,19 +527,17 @@ def fixed_attention(
     the summary columns ``j % stride >= stride - summary`` of every block.
 
     Args:
-        q: ``(b, h, n, e)``.
-        k: ``(b, h, n, e)``.
-        v: ``(b, h, n, e_v)``.
+        {qkv}
         stride: block length ``l >= 1``.
         summary: ``1 <= c <= l`` summary positions per block.
-        causal: keep only ``j <= i`` (the paper's setting).
-        key_padding_mask: ``(b, n)`` bool, True = valid key.
-        dropout_p: attention dropout (when ``training``).
-        scale: default ``1 / sqrt(e)``.
-        training: apply dropout.
+        {causal} The paper's setting.
+        {options}
 
     Returns:
-        ``(b, h, n, e_v)``.
+        ``(b, h, n, e_v)``; rows with no allowed key are zeros.
+
+    Raises:
+        {raises}
     """
     b, _, n = _check_qkv(q, k, v, key_padding_mask)
     prm = resolve_params("fixed", stride=stride, summary=summary)
@@ -493,6 +567,7 @@ def fixed_attention(
     return _split_heads(q, k, v, blocks, summaries)
 
 
+@_shared_doc
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -510,20 +585,18 @@ def attention(
     """Dispatch on ``pattern``; ``impl="dense"`` is the O(n^2) masked reference, same signature.
 
     Args:
-        q: ``(b, h, n, e)``.
-        k: ``(b, h, n, e)``.
-        v: ``(b, h, n, e_v)``.
+        {qkv}
         pattern: one of ``full, atrous, local, sparse, strided, fixed``.
         impl: ``"blocked"`` (fast path) or ``"dense"`` (softmax over :func:`head_pattern_masks`).
-        causal: keep only ``j <= i``.
-        key_padding_mask: ``(b, n)`` bool, True = valid key.
-        dropout_p: attention dropout (when ``training``).
-        scale: default ``1 / sqrt(e)``.
-        training: apply dropout.
+        {causal}
+        {options}
         **params: ``rate``, ``window``, ``stride``, ``summary`` as the pattern needs.
 
     Returns:
-        ``(b, h, n, e_v)``.
+        ``(b, h, n, e_v)``; rows with no allowed key are zeros.
+
+    Raises:
+        {raises}
     """
 
     kw = dict(

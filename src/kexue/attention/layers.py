@@ -7,8 +7,10 @@ r"""Multi-head attention modules over any sparse pattern, with a KV cache for ca
 
 with :math:`\mathrm{Attn}_S` the pattern-restricted attention of :mod:`kexue.attention.functional`
 (Su Jianlin, 《为节约而生：从标准Attention到稀疏Attention》, 2019). Deviation from Su's Keras layers:
-we keep the output projection :math:`W_o` and optional biases (a drop-in for
-``nn.MultiheadAttention``); Su's layers have neither.
+we keep the output projection :math:`W_o` and optional biases, as ``nn.MultiheadAttention``
+does; Su's layers have neither. Not a drop-in for ``nn.MultiheadAttention``: the modules are
+batch-first, take one input (self-attention) and return one tensor, and ``key_padding_mask`` is
+True = valid token, the opposite of torch's (pass ``~torch_mask``).
 
 Incremental decoding: with a :class:`KVCache`, the new tokens (positions ``t0 .. t0 + t - 1``)
 attend the cached keys plus themselves under the causal pattern. A first call on an empty cache
@@ -133,7 +135,8 @@ class MultiHeadSelfAttention(nn.Module):
 
         Args:
             x: ``(b, n, d)``; with a cache, the ``n`` new tokens.
-            key_padding_mask: ``(b, n)`` bool, True = valid token (of the new tokens).
+            key_padding_mask: ``(b, n)`` bool, True = valid token (of the new tokens); the
+                opposite of ``nn.MultiheadAttention``'s ``key_padding_mask`` (True = ignore).
             cache: :class:`KVCache` updated in place (causal only).
 
         Returns:

@@ -77,10 +77,25 @@ def check_dtype(x: torch.Tensor, name: str, allowed: Sequence[torch.dtype] | str
         raise TypeError(f"{name} must have a {allowed} dtype, got {x.dtype}")
 
 
-def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
-    """Raise unless ``value`` is an int ``>= minimum`` (bools are rejected); return it."""
+def check_positive_int(
+    value: object, name: str, minimum: int = 1, *, type_error: type[Exception] = TypeError
+) -> int:
+    """Raise unless ``value`` is an int ``>= minimum`` (bools are rejected); return it.
+
+    Args:
+        value: the value to check.
+        name: argument name for the message (e.g. ``"window"`` or ``"TrainConfig.max_steps"``).
+        minimum: smallest allowed value (0 for counts that may be empty).
+        type_error: exception raised for a non-int; config dataclasses pass ``ValueError`` so
+            that every bad field raises ``ValueError``.
+
+    Raises:
+        TypeError: (or ``type_error``) ``value`` is not an int, e.g. ``window must be an int,
+            got float (2.5)``.
+        ValueError: ``value < minimum``, e.g. ``window must be >= 0, got -1``.
+    """
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise type_error(f"{name} must be an int, got {type(value).__name__} ({value!r})")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value

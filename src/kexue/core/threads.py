@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 import torch
 
+from kexue.core.checks import check_positive_int
+
 
 @contextmanager
 def num_threads(n: int) -> Iterator[None]:
@@ -16,8 +18,7 @@ def num_threads(n: int) -> Iterator[None]:
     CPU, so experiments expose the count as a config field; the previous value is restored on
     exit, even on error.
     """
-    if n < 0:
-        raise ValueError(f"threads must be >= 0, got {n}")
+    check_positive_int(n, "threads", 0)
     old = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from kexue.core.checks import check_positive_int
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -76,8 +78,8 @@ def time_calls(
     Returns:
         A :class:`Timing` with one wall and one CPU duration per timed call.
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    check_positive_int(repeats, "repeats")
+    check_positive_int(warmup, "warmup", 0)
     wall: list[float] = []
     cpu: list[float] = []
     for i in range(warmup + repeats):

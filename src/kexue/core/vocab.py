@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from kexue.core.checks import check_positive_int
+
 __all__ = ["Vocab"]
 
 
@@ -77,8 +79,7 @@ class Vocab:
         Returns:
             The vocabulary: specials, then tokens by decreasing count (ties: first appearance).
         """
-        if min_freq < 1:
-            raise ValueError(f"min_freq must be >= 1, got {min_freq}")
+        check_positive_int(min_freq, "min_freq")
         head = [t for t in (pad, unk) if t is not None] + list(specials)
         if len(set(head)) != len(head):
             raise ValueError(f"special tokens must be distinct, got {head}")

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from kexue.core.checks import check_positive_int
 from kexue.core.io import atomic_write_json
 from kexue.core.seed import seed_everything
 from kexue.lm.model import save_pretrained, tiny_bert_config
@@ -93,15 +94,14 @@ class PretrainConfig:
         positive = ("hidden_size", "num_layers", "num_heads", "max_positions", "steps")
         positive += ("batch_size", "min_freq")
         for name in positive:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"PretrainConfig.{name} must be an int >= 1, got {v!r}")
+            check_positive_int(getattr(self, name), f"PretrainConfig.{name}", type_error=ValueError)
         for name in ("intermediate_size", "max_vocab", "max_texts", "valid_texts", "warmup"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"PretrainConfig.{name} must be an int >= 0, got {v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"PretrainConfig.seed must be an int, got {self.seed!r}")
+            check_positive_int(
+                getattr(self, name), f"PretrainConfig.{name}", 0, type_error=ValueError
+            )
+        check_positive_int(
+            self.seed, "PretrainConfig.seed", -(2**63), type_error=ValueError
+        )  # any int
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"PretrainConfig.hidden_size ({self.hidden_size}) must be divisible by "
@@ -141,8 +141,7 @@ def pack_texts(ids: list[list[int]], chunk: int) -> list[list[int]]:
     Returns:
         The chunks (every one non-empty, ``len <= chunk``).
     """
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    check_positive_int(chunk, "chunk")
     out: list[list[int]] = []
     cur: list[int] = []
     for t in ids:

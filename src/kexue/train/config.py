@@ -6,14 +6,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from kexue.core.checks import check_positive_int
 
-def _opt_int(value: object, name: str, minimum: int) -> None:
+
+def _opt_int(value: object, name: str, minimum: int, required: bool = False) -> None:
     if value is None:
+        if required:
+            raise ValueError(f"TrainConfig.{name} must be an int >= {minimum}, got None")
         return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"TrainConfig.{name} must be an int or None, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"TrainConfig.{name} must be >= {minimum} (or None), got {value}")
+    check_positive_int(value, f"TrainConfig.{name}", minimum, type_error=ValueError)
 
 
 @dataclass(frozen=True)
@@ -66,20 +67,15 @@ class TrainConfig:
             raise ValueError("TrainConfig needs max_steps or epochs (both are None)")
         _opt_int(self.max_steps, "max_steps", 1)
         _opt_int(self.epochs, "epochs", 1)
-        _opt_int(self.batch_size, "batch_size", 1)
-        if self.batch_size is None:
-            raise ValueError("TrainConfig.batch_size must be an int >= 1, got None")
+        _opt_int(self.batch_size, "batch_size", 1, required=True)
         _opt_int(self.eval_every, "eval_every", 0)
-        _opt_int(self.log_every, "log_every", 1)
-        if self.log_every is None:
-            raise ValueError("TrainConfig.log_every must be an int >= 1, got None")
+        _opt_int(self.log_every, "log_every", 1, required=True)
         _opt_int(self.ckpt_every, "ckpt_every", 0)
-        _opt_int(self.num_workers, "num_workers", 0)
-        if self.num_workers is None:
-            raise ValueError("TrainConfig.num_workers must be an int >= 0, got None")
+        _opt_int(self.num_workers, "num_workers", 0, required=True)
         _opt_int(self.keep_last, "keep_last", 0)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"TrainConfig.seed must be an int, got {self.seed!r}")
+        check_positive_int(
+            self.seed, "TrainConfig.seed", -(2**63), type_error=ValueError
+        )  # any int
         if self.grad_clip is not None:
             if isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, int | float):
                 raise ValueError(

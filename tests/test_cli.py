@@ -45,10 +45,16 @@ def test_list_names_every_registered_experiment():
         (("reproduce", "init-geometry", "no_such_key=1"), "unknown config key 'no_such_key'"),
         (("bogus-command",), "invalid choice"),
         (("report", "--only", "nope"), "unknown experiment 'nope'"),
+        (("reproduce", "sparse-attention", "bench_sizes=0"), "bench_sizes must be"),
+        (("reproduce", "init-geometry", "depth=-3"), "depth must be an int >= 1"),
+        (("reproduce", "init-geometry", "widths=0"), "widths must be"),
+        (("reproduce", "init-geometry", "depth=abc"), "expected int"),
+        (("reproduce", "optimizers", "alpha=2"), "alpha must be in (0, 1]"),
+        (("readme", "--results", "/no/such/dir"), "--results /no/such/dir does not exist"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
-    r = run(*args, "--out", str(tmp_path)) if args[0] in ("reproduce", "report") else run(*args)
+    r = run(args[0], "--out", str(tmp_path), *args[1:]) if args[0] in ("reproduce", "report") else run(*args)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
@@ -68,6 +74,7 @@ def test_reproduce_init_geometry_smoke_writes_files(tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "results.json").read_text())
     assert res["name"] == "init-geometry" and res["scale"] == "smoke"
+    assert "plumbing check" in (out / "section.md").read_text()
     assert json.loads((out / "config.json").read_text()) == res["config"]
     assert res["comparison"] and res["plots"] and res["headline"]
     for plot in res["plots"]:
@@ -75,3 +82,31 @@ def test_reproduce_init_geometry_smoke_writes_files(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## init-geometry" in (out / "section.md").read_text()
     assert res["environment"]["torch"] and res["wall_time_s"] > 0
+
+
+def test_overrides_may_follow_the_options(tmp_path):
+    # the README's order: NAME --scale --out DIR key=value (argparse alone rejects it)
+    out = tmp_path / "ig"
+    r = run("reproduce", "init-geometry", "--scale", "smoke", "--out", str(out), "--no-progress",
+            "depth=4", "nets=2")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["depth"] == 4 and cfg["nets"] == 2
+
+
+def test_out_that_is_a_file_is_one_line_exit_2(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    r = run("reproduce", "init-geometry", "--out", str(f))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "exists and is not a directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_report_failure_message_with_markup_is_escaped(tmp_path):
+    payload = "<img src=x onerror=alert(1)>"
+    r = run("report", "--only", "init-geometry", "--scale", "smoke", "--out", str(tmp_path),
+            "--no-progress", f"{payload}=1")  # fmt: skip
+    assert r.returncode == 1  # the experiment failed (unknown key) and the report says so
+    page = (tmp_path / "index.html").read_text()
+    assert "unknown config key" in page and "<img" not in page
+    assert "&#x27;&lt;img src&#x27;" in page  # the key up to its first "=", escaped

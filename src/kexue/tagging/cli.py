@@ -12,22 +12,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from kexue.core.checks import check_positive_int
+from kexue.core.io import atomic_write_text
+from kexue.core.seed import seed_everything
 from kexue.tagging.encoders import POSITIONS
 from kexue.tagging.recipe import (
+    FORMATS,
+    chunk_origins,
     cws_examples,
     evaluate,
     fit_tagger,
     ner_examples,
     new_tagger,
+    output_spans,
+    prepare_ner,
+    read_tagged_file,
 )
-from kexue.tagging.schemes import tags_to_spans, tags_to_words
-from kexue.tagging.tagger import ENCODERS, HEADS, Tagger
-
-FORMATS = ("segmented", "conll", "cluener")
+from kexue.tagging.schemes import tags_to_words
+from kexue.tagging.tagger import ENCODERS, HEADS, UNITS, Tagger
 
 
 def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
@@ -53,6 +61,14 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     tr.add_argument("--window", type=int, help="local attention half-width (with --pattern local)")
     tr.add_argument("--positions", choices=POSITIONS, help="position encoding (default sinusoidal)")
     t.add_argument("--out", required=True, metavar="DIR", help="output model directory")
+    t.add_argument(
+        "--units",
+        choices=UNITS,
+        help="what a token is: chars (Chinese, default) or words (e.g. English CoNLL); "
+        "stored in the model and used by `tag predict` to split text",
+    )
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3)
@@ -60,7 +76,9 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--hidden-dim", type=int, default=128)
     t.add_argument("--num-layers", type=int, default=3)
     t.add_argument("--max-len", type=int, default=100, help="cut training sentences to this length")
-    t.add_argument("--max-train", type=int, default=0, help="use the first N training sentences")
+    t.add_argument(
+        "--max-train", type=int, default=0, help="use the first N training sentences (0: all)"
+    )
     t.add_argument("--constrained", action="store_true", help="forbid illegal tag transitions")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-progress", action="store_true")
@@ -76,18 +94,6 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 # -- train --------------------------------------------------------------------------------------
-def _read_file(path: str, fmt: str, token_col: int, tag_col: int) -> tuple[list, str]:
-    from kexue.data import read_cluener, read_conll, read_segmented
-
-    if not Path(path).is_file():
-        raise ValueError(f"no such file: {path}")
-    if fmt == "segmented":
-        return read_segmented(path), "cws"
-    if fmt == "conll":
-        return read_conll(path, token_col=token_col, tag_col=tag_col), "ner"
-    return read_cluener(path), "ner"
-
-
 def _load_named(name: str) -> tuple[list, list, str]:
     from kexue import data
 
@@ -121,22 +127,81 @@ def _encoder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Handler of ``kexue tag train``."""
-    encoder_kwargs = _encoder_kwargs(args)
+def _validate(args: argparse.Namespace) -> None:
+    """Every numeric option at the boundary; messages name the flag."""
+    for flag, minimum in (
+        ("epochs", 1), ("batch_size", 1), ("embed_dim", 1), ("hidden_dim", 1),
+        ("num_layers", 1), ("max_len", 1), ("max_train", 0), ("num_heads", 1), ("window", 1),
+    ):  # fmt: skip
+        value = getattr(args, flag)
+        if value is not None:
+            check_positive_int(value, "--" + flag.replace("_", "-"), minimum)
+    if not math.isfinite(args.lr) or args.lr <= 0:
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    used = out.is_dir() and any(out.iterdir())
+    if used and not (args.resume or args.overwrite):
+        raise ValueError(
+            f"--out {out} already exists and is not empty; pass --overwrite to replace it "
+            "or --resume to continue an interrupted run"
+        )
+    if args.resume and not (out / "train" / "checkpoints").is_dir():
+        raise ValueError(f"--resume: no checkpoints in {out / 'train'} to continue from")
+
+
+def _read(args: argparse.Namespace) -> tuple[list, list, str, list | None, list | None]:
     if args.data:
         train, dev, task = _load_named(args.data)
-    else:
-        if not args.format:
-            raise ValueError("--train needs --format segmented|conll|cluener")
-        train, task = _read_file(args.train, args.format, args.token_col, args.tag_col)
-        dev = _read_file(args.dev, args.format, args.token_col, args.tag_col)[0] if args.dev else []
+        return train, dev, task, None, None
+    if not args.format:
+        raise ValueError("--train needs --format segmented|conll|cluener")
+    train, task, t_orig = read_tagged_file(args.train, args.format, args.token_col, args.tag_col)
+    dev, d_orig = [], None
+    if args.dev:
+        dev, _, d_orig = read_tagged_file(args.dev, args.format, args.token_col, args.tag_col)
+    return train, dev, task, t_orig, d_orig
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Handler of ``kexue tag train``."""
+    _validate(args)
+    encoder_kwargs = _encoder_kwargs(args)
+    train, dev, task, t_orig, d_orig = _read(args)
     if args.max_train:
         train = train[: args.max_train]
-    make = cws_examples if task == "cws" else ner_examples
-    train_ex, dev_ex = make(train, args.max_len), make(dev)
+        t_orig = t_orig[: args.max_train] if t_orig is not None else None
+    if task == "cws":
+        if args.units == "words":
+            raise ValueError("--units words is for entity data; word segmentation tags characters")
+        train_ex, dev_ex = cws_examples(train, args.max_len), cws_examples(dev)
+    else:
+        train_ex, dev_ex = ner_examples(train, args.max_len), ner_examples(dev)
+        t_orig = chunk_origins(train, t_orig, args.max_len) if t_orig is not None else None
+        d_orig = chunk_origins(dev, d_orig) if d_orig is not None else None
     if not train_ex:
         raise ValueError("the training data has no sentences")
+    units = args.units or "chars"
+    if task == "ner":
+        prep = prepare_ner(
+            train_ex, dev_ex, train_origins=t_orig, dev_origins=d_orig, constrained=args.constrained
+        )
+        train_ex, dev_ex = prep.train, prep.dev
+        for msg in prep.messages:
+            print(f"note: {msg}", file=sys.stderr)
+        n_tok = sum(len(c) for c, _ in train_ex)
+        mean_len = sum(len(x) for c, _ in train_ex for x in c) / max(n_tok, 1)
+        if units == "chars" and mean_len > 1.5:
+            print(
+                f"note: tokens average {mean_len:.1f} characters but --units is chars; "
+                "pass --units words for word-level data",
+                file=sys.stderr,
+            )
+    print(f"units: {units}" + ("" if args.units else " (default; set with --units)"))
+    seed_everything(args.seed, deterministic=False)  # before any model is built
     tagger = new_tagger(
         train_ex,
         task,
@@ -146,6 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         hidden_dim=args.hidden_dim,
         num_layers=args.num_layers,
         constrained=args.constrained,
+        units=units,
         encoder_kwargs=encoder_kwargs,
     )
     hist = fit_tagger(
@@ -156,35 +222,42 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         progress=not args.no_progress,
+        out_dir=Path(args.out) / "train",
+        resume=args.resume,
+        overwrite=args.overwrite,
     )
-    n_tok = sum(len(c) for c, _ in train_ex)
-    mean_len = sum(len(x) for c, _ in train_ex for x in c) / max(n_tok, 1)
-    units = "words" if task == "ner" and mean_len > 1.5 else "chars"  # e.g. English CoNLL
     extra: dict[str, Any] = {"task": task, "units": units, "train_sentences": len(train_ex)}
-    extra["seconds_per_epoch"] = round(hist["seconds_per_epoch"], 3)
     if dev_ex:
         scores = evaluate(tagger, dev_ex, task)
         extra["dev"] = {k: scores[k] for k in ("precision", "recall", "f1")}
     tagger.save(args.out, extra=extra)
-    summary = f"saved {args.head} tagger ({task}, {len(tagger.tags)} tags) to {args.out}"
+    summary = f"saved {args.head} tagger ({task}, {len(tagger.tags)} tags, {units}) to {args.out}"
     if "dev" in extra:
         d = extra["dev"]
         summary += f"; dev P {d['precision']:.4f} R {d['recall']:.4f} F1 {d['f1']:.4f}"
     print(summary)
+    del hist
     return 0
 
 
 # -- predict ------------------------------------------------------------------------------------
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
+
+
 def format_prediction(
-    chars: list[str], tags: list[str], task: str, as_json: bool, sep: str = ""
+    chars: list[str], tags: list[str], task: str, as_json: bool, sep: str = "", scheme: str = "BIO"
 ) -> str:
-    """One output line: segmented words (CWS) or entities ``LABEL:text`` (NER), or JSON;
-    ``sep`` joins tokens back into text (``" "`` for word-level models)."""
+    """One output line: segmented words (CWS) or entities ``LABEL:text`` (NER), or JSON.
+
+    Entities are read from the tags by the same rule as evaluation
+    (:func:`kexue.tagging.recipe.output_spans`: strict spans in the model's ``scheme``), so the
+    dev F1 printed by ``tag train`` can be recomputed from this output. ``sep`` joins tokens
+    back into text (``" "`` for word-level models).
+    """
     if task == "cws":
         words = tags_to_words(chars, tags) if chars else []
         return json.dumps({"words": words}, ensure_ascii=False) if as_json else " ".join(words)
-    scheme = "BIOES" if any(t[:2] in ("E-", "S-") for t in tags) else "BIO"
-    spans = tags_to_spans(tags, scheme, strict=False)
+    spans = output_spans(tags, scheme)
     if as_json:
         ents = [
             {"text": sep.join(chars[s:e]), "label": lab, "start": s, "end": e}
@@ -195,29 +268,48 @@ def format_prediction(
     return sep.join(chars) + "\t" + ents
 
 
+def split_units(line: str, task: str, units: str) -> list[str]:
+    """Tokens of one input line: CWS drops white space and tags characters; NER splits into
+    characters (``units="chars"``, white space kept as text) or on white space (``"words"``)."""
+    if task == "cws":
+        return list("".join(line.split()))
+    return line.split() if units == "words" else list(line)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Handler of ``kexue tag predict``."""
     tagger = Tagger.load(args.model)
     extra = getattr(tagger, "extra", {})
     task = extra.get("task") or ("cws" if tagger.config.get("scheme") == "BMES" else "ner")
-    words = extra.get("units") == "words"
+    units = tagger.units
     if args.input == "-":
         lines = sys.stdin.read().splitlines()
     else:
         if not Path(args.input).is_file():
-            raise ValueError(f"no such file: {args.input}")
+            raise FileNotFoundError(f"no such file: {args.input}")
         lines = Path(args.input).read_text(encoding="utf-8").splitlines()
-    # CWS: spaces in the input are not characters to tag; NER: keep the text as is
-    if task == "cws":
-        sents = [list("".join(ln.split())) for ln in lines]
-    else:
-        sents = [ln.split() if words else list(ln) for ln in lines]
+    if args.output != "-" and Path(args.output).is_dir():
+        raise ValueError(f"--output {args.output} is a directory")
+    print(f"units: {units} (from {args.model})", file=sys.stderr)
+    if units == "words":
+        for n, ln in enumerate(lines, start=1):
+            if len(_CJK.findall(ln)) > 1 and len(ln.split()) == 1:
+                print(
+                    f"note: {args.input}, line {n}: unsegmented CJK text, but the model's units "
+                    "are words (one token per white-space-separated word)",
+                    file=sys.stderr,
+                )
+                break
+    sents = [split_units(ln, task, units) for ln in lines]
     preds = tagger.predict(sents)
-    sep = " " if words else ""
-    out = "\n".join(format_prediction(c, p, task, args.json, sep) for c, p in zip(sents, preds))
+    sep = " " if units == "words" else ""
+    scheme = tagger.config.get("scheme") or "BIO"
+    out = "\n".join(
+        format_prediction(c, p, task, args.json, sep, scheme) for c, p in zip(sents, preds)
+    )
     if args.output == "-":
         if out:
             print(out)
     else:
-        Path(args.output).write_text(out + ("\n" if out else ""), encoding="utf-8")
+        atomic_write_text(args.output, out + ("\n" if out else ""))
     return 0

@@ -39,6 +39,7 @@ from kexue.mrc.features import (
 
 __all__ = [
     "MLMReader",
+    "PassageConstraint",
     "aggregate_answers",
     "best_answer",
     "check_question",
@@ -54,6 +55,40 @@ def _pick(probs: torch.Tensor, allowed: list[int]) -> tuple[int, float]:
     vals = probs[allowed]
     best = float(vals.max())
     return allowed[int((vals == best).nonzero()[0, 0])], best
+
+
+class PassageConstraint:
+    """Incremental form of the passage constraint: which tokens may extend the answer so far.
+
+    Keeps the occurrences ``s`` with ``t[s:s+k] == a`` of the current prefix ``a`` (``k``
+    tokens); :meth:`allowed` is ``{t[s+k]} ∪ {[SEP]}`` (a scan, not an n-gram table).
+
+    Args:
+        passage_ids: passage tokens *including* the final ``[SEP]``.
+        end_id: the ``[SEP]`` id (always allowed).
+    """
+
+    def __init__(self, passage_ids: Sequence[int], end_id: int) -> None:
+        self.t = list(passage_ids)
+        self.end_id = end_id
+        self.starts = list(range(len(self.t)))
+        self.answer: list[int] = []
+
+    def allowed(self) -> list[int]:
+        """Sorted allowed next ids (never empty: ``[SEP]`` is always in)."""
+        k, t = len(self.answer), self.t
+        return sorted({t[s + k] for s in self.starts if s + k < len(t)} | {self.end_id})
+
+    def advance(self, tok: int) -> None:
+        """Append ``tok`` (an allowed id other than ``[SEP]``) to the answer."""
+        k, t = len(self.answer), self.t
+        self.starts = [s for s in self.starts if s + k < len(t) and t[s + k] == tok]
+        self.answer.append(tok)
+
+    @property
+    def start(self) -> int:
+        """Index in ``passage_ids`` of the answer's first occurrence (0 while empty)."""
+        return self.starts[0] if self.answer else 0
 
 
 def constrained_greedy_decode(
@@ -76,23 +111,16 @@ def constrained_greedy_decode(
     """
     if slot_probs.dim() != 2:
         raise ValueError(f"slot_probs must be (L, v), got shape {tuple(slot_probs.shape)}")
-    t = list(passage_ids)
     probs = slot_probs.detach().float().cpu()
-    starts = list(range(len(t)))  # occurrences s with t[s:s+k] == a; k = len(a)
-    answer: list[int] = []
+    state = PassageConstraint(passage_ids, end_id)
     total, steps = 0.0, 0
     for i in range(probs.shape[0]):
-        k = len(answer)
-        # N(a): tokens following an occurrence of the prefix (scan, no n-gram table needed)
-        allowed = sorted({t[s + k] for s in starts if s + k < len(t)} | {end_id})
-        tok, p = _pick(probs[i], allowed)
+        tok, p = _pick(probs[i], state.allowed())
         total, steps = total + p, steps + 1
         if tok == end_id:
             break
-        answer.append(tok)
-        starts = [s for s in starts if s + k < len(t) and t[s + k] == tok]
-    start = starts[0] if answer else 0
-    return answer, total / max(steps, 1), start
+        state.advance(tok)
+    return state.answer, total / max(steps, 1), state.start
 
 
 def unconstrained_decode(slot_probs: torch.Tensor, end_id: int) -> tuple[list[int], float]:
@@ -203,6 +231,17 @@ def _check_len(name: str, v: object) -> int:
     return v
 
 
+def _check_model_dir(path: str | os.PathLike) -> None:
+    """Raise ``FileNotFoundError`` unless ``path`` holds ``config.json`` and tokenizer files."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a HF model directory")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+        raise FileNotFoundError(f"{path} has no tokenizer (tokenizer.json or vocab.txt)")
+
+
 # -- the reader --------------------------------------------------------------------------------
 class MLMReader:
     """Extractive QA with a masked LM (``BertForMaskedLM`` or any model returning ``.logits``).
@@ -260,15 +299,9 @@ class MLMReader:
         Raises:
             FileNotFoundError: no directory, no ``config.json`` or no tokenizer in it.
         """
-        from pathlib import Path
-
         import transformers
 
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} has no config.json: not a HF model directory")
-        if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
-            raise FileNotFoundError(f"{path} has no tokenizer (tokenizer.json or vocab.txt)")
+        _check_model_dir(path)
         transformers.utils.logging.disable_progress_bar()
         tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = transformers.AutoModelForMaskedLM.from_pretrained(str(path), local_files_only=True)
@@ -313,25 +346,47 @@ class MLMReader:
         return out
 
     # -- model ---------------------------------------------------------------------------------
-    def slot_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Slot logits ``(b, L, v)`` at positions ``1..L`` of ``input_ids (b, n)``."""
+    def slot_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, model: Any = None
+    ) -> torch.Tensor:
+        """Slot logits ``(b, L, v)`` at positions ``1..L`` of ``input_ids (b, n)``.
+
+        ``model`` defaults to ``self.model``; a wrapper (DDP) is called as a whole so that its
+        gradient hooks run, a bare HF BERT gets the MLM head on the ``L`` slots only.
+        """
         L = self.max_answer_len
         types = torch.zeros_like(input_ids)
-        m = self.model
+        m = self.model if model is None else model
         if hasattr(m, "bert") and hasattr(m, "cls"):  # HF BERT: MLM head on the L slots only
             h = m.bert(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=types
             ).last_hidden_state
             return m.cls(h[:, 1 : L + 1])
-        return m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=types).logits[
-            :, 1 : L + 1
-        ]
+        out = m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=types)
+        return out.logits[:, 1 : L + 1]
 
     def loss(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor:
         """Masked slot cross-entropy (:func:`masked_slot_loss`) of a padded batch."""
         return masked_slot_loss(self.slot_logits(input_ids, attention_mask), targets)
+
+    def collate_features(
+        self, features: Sequence[tuple[list[int], list[int]]]
+    ) -> dict[str, torch.Tensor]:
+        """Batch :meth:`training_features` items: ``input_ids``/``attention_mask`` ``(b, n)``,
+        ``targets`` ``(b, L)``."""
+        ids, mask = collate([f[0] for f in features], self.ids.pad)
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "targets": torch.tensor([f[1] for f in features], dtype=torch.long),
+        }
+
+    def batch_loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Training loss of a :meth:`collate_features` batch through ``model`` (Trainer's)."""
+        logits = self.slot_logits(batch["input_ids"], batch["attention_mask"], model)
+        return masked_slot_loss(logits, batch["targets"])
 
     # -- prediction ----------------------------------------------------------------------------
     def _decode(self, probs: torch.Tensor, enc: Encoded, passage: str) -> tuple[str, float]:

@@ -503,3 +503,75 @@ def evaluate(
     scores.update(decode_seconds=secs, sentences_per_s=len(examples) / max(secs, 1e-9))
     scores.update(chars_per_s=n_chars / max(secs, 1e-9))
     return scores
+
+
+def train_and_score(
+    train: Sequence[Example],
+    test: Sequence[Example],
+    task: str,
+    head: str,
+    *,
+    seed: int,
+    min_freq: int = 1,
+    tagger_kwargs: dict[str, Any] | None = None,
+    fit_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Seed, build a tagger with ``head``, score it untrained, train it, score it again.
+
+    Returns:
+        ``{"f1", "precision", "recall", "f1_untrained", "sec_per_epoch", "chars_per_s",
+        "final_loss"}`` and, for MEMM heads, ``"f1_crf_viterbi"`` (Su's practice: decode with
+        the CRF-style Viterbi on emissions + transitions).
+    """
+    from kexue.core.seed import seed_everything
+
+    seed_everything(seed, deterministic=False)  # before the model is built
+    tagger = new_tagger(train, task, min_freq=min_freq, head=head, **(tagger_kwargs or {}))
+    untrained = evaluate(tagger, test, task)["f1"]  # eval mode: uses no random numbers
+    hist = fit_tagger(tagger, train, seed=seed, progress=progress, **(fit_kwargs or {}))
+    ev = evaluate(tagger, test, task)
+    row = {k: ev[k] for k in ("f1", "precision", "recall", "chars_per_s")}
+    row.update(f1_untrained=untrained, sec_per_epoch=hist["seconds_per_epoch"])
+    row["final_loss"] = float(hist["train"].get("loss", float("nan")))
+    if head in ("memm", "bimemm"):
+        tagger.head.decode_mode = "crf_viterbi"
+        row["f1_crf_viterbi"] = evaluate(tagger, test, task)["f1"]
+        tagger.head.decode_mode = "memm_exact"
+    return row
+
+
+def head_loss_ms(
+    lengths: Sequence[int],
+    k: int,
+    heads: Sequence[str],
+    *,
+    reduction: str = "token_mean",
+    seed: int = 0,
+    repeats: int = 5,
+) -> dict[str, float]:
+    """Best-of-``repeats`` ms of one head loss forward+backward on random emissions of a batch
+    with the given sentence ``lengths`` (``k`` tags; the encoder excluded), interleaved."""
+    from kexue.core.timing import time_calls
+    from kexue.tagging.crf import CRF
+    from kexue.tagging.memm import MEMM, BiMEMM
+
+    lens = torch.tensor(list(lengths))
+    mask = torch.arange(int(lens.max()))[None, :] < lens[:, None]
+    g = torch.Generator().manual_seed(seed)
+    em = torch.randn(*mask.shape, k, generator=g, requires_grad=True)
+    tags = torch.randint(0, k, mask.shape, generator=g)
+    modules = {"crf": CRF(k), "memm": MEMM(k), "bimemm": BiMEMM(k)}
+    ce = torch.nn.functional.cross_entropy
+
+    def loss(h: str) -> torch.Tensor:
+        if h == "softmax":
+            return (ce(em.transpose(1, 2), tags, reduction="none") * mask).sum() / mask.sum()
+        return modules[h].loss(em, tags, mask, reduction=reduction)
+
+    best = {h: float("inf") for h in heads}
+    for _ in range(repeats + 1):  # the first round warms up
+        for h in heads:
+            ms = time_calls(lambda h=h: loss(h).backward(), warmup=0, repeats=1).best_ms
+            best[h] = min(best[h], ms)
+    return best

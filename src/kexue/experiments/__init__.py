@@ -102,6 +102,16 @@ register(
     )
 )
 
+register(
+    Entry(
+        name="bidirectional-decoding",
+        module="kexue.experiments.bidirectional_decoding",
+        article="seq2seq之双向解码 “Bidirectional decoding for seq2seq” (2019-08-09)",
+        part="kexue.seq2seq",
+        summary="L2R vs synchronous L2R+R2L decoding for Chinese title generation (LCSTS, CSL): ROUGE/BLEU by length, first/last-4 accuracy",
+    )
+)
+
 
 def get(name: str) -> Entry:
     """Look up an experiment by name; ``ValueError`` lists the known names."""

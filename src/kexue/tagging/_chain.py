@@ -66,7 +66,7 @@ def log_partition_reference(emissions: Tensor, transitions: Tensor, mask: Tensor
     """
     alpha = emissions[:, 0]
     for step in range(1, emissions.shape[1]):
-        # logsumexp_i (alpha_{k-1}(i) + g(i, j)) + f_k(j)
+        # logsumexp_i (alpha_{s-1}(i) + g(i, j)) + f_s(j)
         new = torch.logsumexp(alpha.unsqueeze(2) + transitions, dim=1) + emissions[:, step]
         alpha = torch.where(mask[:, step].unsqueeze(1), new, alpha)
     return torch.logsumexp(alpha, dim=1)

@@ -103,7 +103,7 @@ def end_onehot(mask: Tensor) -> Tensor:
 
 
 def gold_score(emissions: Tensor, transitions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
-    """$s(y)=\\sum_k f_k(y_k)+\\sum_{k\\ge2} g(y_{k-1},y_k)$ over valid steps, ``(b,)``."""
+    """$s(y)=\\sum_s f_s(y_s)+\\sum_{s\\ge2} g(y_{s-1},y_s)$ over valid steps, ``(b,)``."""
     tags = tags.masked_fill(~mask, 0)
     unary = emissions.gather(2, tags.unsqueeze(2)).squeeze(2) * mask  # (b, t)
     pair = transitions[tags[:, :-1], tags[:, 1:]] * mask[:, 1:]  # (b, t-1)

@@ -1,6 +1,6 @@
 r"""Linear-chain CRF head, as in Su's 《简明条件随机场CRF介绍》 (2018) and 《CRF用过了，不妨再了解下更快的MEMM？》 (2020).
 
-$$s(y)=f_1(y_1)+\sum_{k=2}^n\big(g(y_{k-1},y_k)+f_k(y_k)\big),\qquad
+$$s(y)=f_1(y_1)+\sum_{s=2}^t\big(g(y_{s-1},y_s)+f_s(y_s)\big),\qquad
 P(y\mid x)=\frac{e^{s(y)}}{Z},\qquad Z=\sum_{y'}e^{s(y')},$$
 
 loss $-\log P(y\mid x)=\log Z-s(y)$ per sequence (summed over positions; ``reduction="mean"``

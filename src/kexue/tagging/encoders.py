@@ -4,8 +4,8 @@ $$h^{(0)}=W_{\rm in}\,\mathrm{Emb}(x)+P,\qquad h^{(l)}=\mathrm{Block}_l\big(h^{(
 \qquad \mathrm{Enc}(x)=\mathrm{LN}\big(h^{(L)}\big),$$
 
 where each block is the pre-norm :class:`kexue.attention.TransformerEncoderBlock`
-(self-attention restricted to a pattern, e.g. ``local`` with half-width $w$ so a sentence of $n$
-characters costs $O(n\,w)$ instead of $O(n^2)$), $M$ the key padding mask (padding is never
+(self-attention restricted to a pattern, e.g. ``local`` with half-width $w$ so a sentence of $t$
+characters costs $O(t\,w)$ instead of $O(t^2)$), $M$ the key padding mask (padding is never
 attended, so the outputs at valid positions do not depend on how much padding follows), and $P$
 either the sinusoidal table of Vaswani et al. (2017),
 $P_{i,2j}=\sin(i/10000^{2j/d}),\ P_{i,2j+1}=\cos(i/10000^{2j/d})$ (any length), or learned
@@ -37,7 +37,7 @@ TRANSFORMER_DEFAULTS: dict[str, Any] = {
 
 
 def sinusoidal_positions(n: int, d: int, device: torch.device | None = None) -> Tensor:
-    """The ``(n, d)`` sinusoidal position table (``d`` even or odd; float32)."""
+    """The ``(t, d)`` sinusoidal position table for ``t = n`` positions (``d`` even or odd; float32)."""
     pos = torch.arange(n, dtype=torch.float32, device=device)[:, None]
     freq = torch.exp(
         torch.arange(0, d, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / d)
@@ -112,17 +112,17 @@ class TransformerEncoder(nn.Module):
         """Encode.
 
         Args:
-            x: ``(b, n, input_dim)`` features.
-            mask: ``(b, n)`` bool, True = valid character (right padding).
+            x: ``(b, t, input_dim)`` features.
+            mask: ``(b, t)`` bool, True = valid character (right padding).
 
         Returns:
-            ``(b, n, d)``, zero at padded positions.
+            ``(b, t, d)``, zero at padded positions.
 
         Raises:
-            ValueError: ``n > max_positions`` with learned positions.
+            ValueError: ``t > max_positions`` with learned positions.
         """
         n = x.shape[1]
-        h = self.inp(x)  # (b, n, d)
+        h = self.inp(x)  # (b, t, d)
         if self.pos is None:
             h = h + sinusoidal_positions(n, h.shape[2], h.device).to(h.dtype)
         else:

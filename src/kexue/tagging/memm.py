@@ -2,17 +2,17 @@ r"""MEMM and Su's bidirectional MEMM (《CRF用过了，不妨再了解下更快
 
 Same numerator as the CRF, local instead of global normalisation:
 
-$$P_\rightarrow(y\mid x)=\operatorname{softmax}(f_1)_{y_1}\prod_{k=2}^{n}
-\frac{e^{g(y_{k-1},y_k)+f_k(y_k)}}{\sum_{y}e^{g(y_{k-1},y)+f_k(y)}} .$$
+$$P_\rightarrow(y\mid x)=\operatorname{softmax}(f_1)_{y_1}\prod_{s=2}^{t}
+\frac{e^{g(y_{s-1},y_s)+f_s(y_s)}}{\sum_{y}e^{g(y_{s-1},y)+f_s(y)}} .$$
 
 Training is teacher forced: step $k$ sees the *gold* previous tag, so the loss is a sum of
 per-step cross-entropies computed in one parallel pass (no recursion). The backward model
 factorises right-to-left, $P(y_n\mid x)=\operatorname{softmax}(f_n)$,
-$P(y_k\mid y_{k+1})\propto e^{g(y_k,y_{k+1})+f_k(y_k)}$; it is computed by reversing each sequence
+$P(y_s\mid y_{s+1})\propto e^{g(y_s,y_{s+1})+f_s(y_s)}$; it is computed by reversing each sequence
 within its length and using $g^\top$ (bert4keras's form). Bi-MEMM loss
 $=\tfrac12(\mathcal L_\rightarrow+\mathcal L_\leftarrow)$, no extra parameters.
 
-``half_scale=True`` reproduces bert4keras's logits $\tfrac12(f_k+g(y_{k-1},\cdot))$ (and $f_1$ at
+``half_scale=True`` reproduces bert4keras's logits $\tfrac12(f_s+g(y_{s-1},\cdot))$ (and $f_1$ at
 the first step). ``rank=d`` uses low-rank transitions $g=LR^\top$; training then never builds the
 $k\times k$ matrix. Decoding:
 

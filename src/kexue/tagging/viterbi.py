@@ -1,14 +1,14 @@
 r"""Batched max-product (Viterbi) and n-best decoding for linear chains, TorchScript-able.
 
-Score of a tag path $y$ of length $n$ (Su, 简明条件随机场CRF介绍, 2018; 《CRF用过了，不妨再了解下更快的MEMM？》, 2020):
+Score of a tag path $y$ of length $t$ over $k$ tags (Su, 简明条件随机场CRF介绍, 2018; 《CRF用过了，不妨再了解下更快的MEMM？》, 2020):
 
-$$s(y)=f_1(y_1)+\sum_{k=2}^{n}\big(g_k(y_{k-1},y_k)+f_k(y_k)\big),$$
+$$s(y)=f_1(y_1)+\sum_{s=2}^{t}\big(g_s(y_{s-1},y_s)+f_s(y_s)\big),$$
 
 with unary scores $f$ ``(b, t, k)`` and pairwise scores $g$ either shared ``(k, k)`` (a CRF's
 transition matrix) or per step ``(b, t, k, k)`` (an MEMM's local log-probabilities; entry ``t``
 scores the pair ``(y_{t-1}, y_t)``, entry 0 is ignored). Viterbi recursion:
 
-$$\delta_1=f_1,\qquad \delta_k(j)=f_k(j)+\max_i\big(\delta_{k-1}(i)+g_k(i,j)\big).$$
+$$\delta_1=f_1,\qquad \delta_s(j)=f_s(j)+\max_i\big(\delta_{s-1}(i)+g_s(i,j)\big).$$
 
 Masks are right-padded prefix masks (True = valid): at a padded step the state is carried
 unchanged with identity back-pointers, so each row is decoded over its own length. Ties break to the
@@ -43,7 +43,7 @@ def viterbi_decode(emissions: Tensor, pairwise: Tensor, mask: Tensor) -> tuple[T
 
     The forward pass keeps only $\\delta$ (``amax`` over the outermost dimension of a
     ``(k_prev, b, k_next)`` tensor is ~3x faster on CPU than ``max`` with indices over the middle
-    one); the back-trace recomputes $\\arg\\max_i(\\delta_{k-1}(i)+g(i,y_k))$ for the
+    one); the back-trace recomputes $\\arg\\max_i(\\delta_{s-1}(i)+g(i,y_s))$ for the
     chosen tag only, from the same numbers, so it equals stored back-pointers exactly.
 
     Args:
@@ -66,7 +66,7 @@ def viterbi_decode(emissions: Tensor, pairwise: Tensor, mask: Tensor) -> tuple[T
         pw = pairwise.permute(1, 2, 0, 3).contiguous()  # (t, k_prev, b, k_next)
     for step in range(1, t):
         g = pw if pairwise.dim() == 2 else pw[step]
-        # max_i (delta_{k-1}(i) + g(i, j)), taken over the previous tag i
+        # max_i (delta_{s-1}(i) + g(i, j)), taken over the previous tag i
         best = (delta.t().contiguous().unsqueeze(2) + g).amax(dim=0)  # (b, k)
         delta = torch.where(mask[:, step].unsqueeze(1), best + emissions[:, step], delta)
         deltas.append(delta)
@@ -95,10 +95,11 @@ def viterbi_nbest(
         emissions: ``(b, t, k)`` unary scores.
         pairwise: ``(k, k)`` or ``(b, t, k, k)`` pairwise scores, as in :func:`viterbi_decode`.
         mask: ``(b, t)`` bool prefix mask.
-        nbest: ``n >= 1``.
+        nbest: number of paths, >= 1.
 
     Returns:
-        ``(paths, scores)``: ``(b, n, t)`` int64 padded with -1 and ``(b, n)`` scores, descending.
+        ``(paths, scores)``: ``(b, nbest, t)`` int64 padded with -1 and ``(b, nbest)`` scores,
+        descending.
     """
     b, t, k = emissions.shape
     n = nbest

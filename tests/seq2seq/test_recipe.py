@@ -41,6 +41,12 @@ def test_position_accuracy_and_lead() -> None:
     _, last = recipe.position_accuracy(["zzzfgh"], ["abcdefgh"])
     assert last == pytest.approx(3 / 4)
     assert recipe.lead_baseline([("一二三四", "x")], 2) == ["一二"]
+    curve = recipe.position_curve(["abcdxyz", "ab"], ["abcdefgh", "abzz"], [0, 1], n=2)
+    assert curve == [1.0, 1.0, 0.0, 0.0]
+    assert recipe.position_curve(["zzzfgh"], ["abcdefgh"], [0]) == [0, 0, 0, 0, 0, 1, 1, 1]
+    buckets = recipe.length_buckets(["a", "ab", "abc", "abcd", "abcde", "abcdef"])
+    assert [b for _, b in buckets] == [[0, 1, 2], [3, 4], [5]]
+    assert [name for name, _ in buckets] == ["<= 3", "4-5", "> 5"]
 
 
 @pytest.mark.parametrize("kind", ["l2r", "bidirectional"])

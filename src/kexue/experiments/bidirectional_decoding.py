@@ -176,15 +176,6 @@ def _one(cfg: Config, kind: str, seed: int, vocab, train_ds, train, test) -> dic
             "params": sum(p.numel() for p in model.parameters())}  # fmt: skip
 
 
-def _buckets(refs: list[str]) -> list[tuple[str, list[int]]]:
-    lens = sorted(len(char_tokens(r)) for r in refs)
-    a, b = lens[len(lens) // 3], lens[2 * len(lens) // 3]
-    out = [(f"<= {a}", [i for i, r in enumerate(refs) if len(char_tokens(r)) <= a]),
-           (f"{a + 1}-{b}", [i for i, r in enumerate(refs) if a < len(char_tokens(r)) <= b]),
-           (f"> {b}", [i for i, r in enumerate(refs) if len(char_tokens(r)) > b])]  # fmt: skip
-    return [(name, idx) for name, idx in out if idx]
-
-
 def run(cfg: Config, out_dir: Path, progress: bool = True) -> Result:
     """Train both models per dataset and seed, decode, score; write ``position_accuracy.png``."""
     out_dir = Path(out_dir)
@@ -263,11 +254,11 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
                               f"{100 * last:.1f}", f"{r0['loss1']:.3f}", f"{r0['test_loss']:.3f}",
                               f"{r0['params'] / 1e6:.2f}M", f"{r0['train_s']:.0f}",
                               f"{100 * r0['r2l_share']:.0f}%" if kind == "bidirectional" else "—"])  # fmt: skip
-            curves[(name, kind)] = _curve(r0["hyps"], refs, long_refs)
+            curves[(name, kind)] = recipe.position_curve(r0["hyps"], refs, long_refs)
         main_rows.append([name, "lead baseline", f"{100 * lead['rouge1']:.1f}", f"{100 * lead['rouge2']:.1f}",
                           f"{100 * lead['rougeL']:.1f}", f"{100 * lead['bleu']:.1f}", "", "", "", "", "", "",
                           ""])  # fmt: skip
-        for bucket, idx in _buckets(refs):
+        for bucket, idx in recipe.length_buckets(refs):
             row = [name, bucket, len(idx)]
             for kind in KINDS:
                 s = title_scores([per_kind[kind]["hyps"][i] for i in idx], [refs[i] for i in idx])
@@ -330,13 +321,3 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
         res.note("smoke preset: models are scored on their own 16 training pairs — a plumbing/learning "
                  "check, not a result.")  # fmt: skip
     return res
-
-
-def _curve(hyps: list[str], refs: list[str], idx: list[int]) -> list[float]:
-    """Accuracy at positions 1..4 from the start, then -4..-1 from the end."""
-    pts = []
-    for p in list(range(4)) + list(range(-4, 0)):
-        ok = [(len(h := char_tokens(hyps[i])) > (p if p >= 0 else -p - 1))
-              and h[p] == char_tokens(refs[i])[p] for i in idx]  # fmt: skip
-        pts.append(sum(ok) / len(ok) if ok else float("nan"))
-    return pts

@@ -260,6 +260,33 @@ def position_accuracy(hyps: Sequence[str], refs: Sequence[str], n: int = 4) -> t
     return (first / total, last / total) if total else (float("nan"), float("nan"))
 
 
+def position_curve(
+    hyps: Sequence[str], refs: Sequence[str], idx: Sequence[int], n: int = 4
+) -> list[float]:
+    """Accuracy at positions ``1..n`` from the start, then ``n..1`` from the end, over pairs ``idx``."""
+    pts = []
+    for p in list(range(n)) + list(range(-n, 0)):
+        ok = []
+        for i in idx:
+            h, r = char_tokens(hyps[i]), char_tokens(refs[i])
+            ok.append((len(h) > p if p >= 0 else len(h) >= -p) and h[p] == r[p])
+        pts.append(sum(ok) / len(ok) if ok else float("nan"))
+    return pts
+
+
+def length_buckets(refs: Sequence[str]) -> list[tuple[str, list[int]]]:
+    """Reference-length terciles: ``[(label, indices), ...]`` (empty buckets dropped)."""
+    lens = [len(char_tokens(r)) for r in refs]
+    srt = sorted(lens)
+    a, b = srt[len(srt) // 3], srt[2 * len(srt) // 3]
+    out = [
+        (f"<= {a}", [i for i, n in enumerate(lens) if n <= a]),
+        (f"{a + 1}-{b}", [i for i, n in enumerate(lens) if a < n <= b]),
+        (f"> {b}", [i for i, n in enumerate(lens) if n > b]),
+    ]
+    return [(name, idx) for name, idx in out if idx]
+
+
 def lead_baseline(pairs: Sequence[tuple[str, str]], n: int) -> list[str]:
     """The first ``n`` characters of every source (the copy-the-lead baseline)."""
     return ["".join(char_tokens(s)[:n]) for s, _ in pairs]

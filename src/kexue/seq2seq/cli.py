@@ -1,0 +1,198 @@
+"""``kexue seq2seq train | generate | evaluate``: character-level title generation.
+
+Pair files (``--train``, ``--dev``, ``--test``) are UTF-8 TSV, one ``source<TAB>target`` pair per
+line (``--source-col/--target-col`` pick other columns). ``--data lcsts|csl`` uses a shipped set.
+User errors raise ``ValueError``/``FileNotFoundError``; the main CLI prints one line, exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from kexue.core.checks import check_positive_int
+from kexue.seq2seq import recipe
+
+DATASETS = ("lcsts", "csl")
+
+
+def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``seq2seq train/generate/evaluate`` on the main CLI; returns ``seq2seq``."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    top = subparsers.add_parser(
+        "seq2seq", help="train / run a title generator (L2R or bidirectional)"
+    )
+    sub = top.add_subparsers(dest="seq2seq_command", metavar="SUBCOMMAND", parser_class=type(top))
+
+    t = sub.add_parser("train", help="train a model and save it to --out", formatter_class=fmt)
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", choices=DATASETS, help="shipped dataset")
+    src.add_argument("--train", metavar="FILE", help="your own training pairs (TSV)")
+    t.add_argument("--dev", metavar="FILE", help="your own evaluation pairs (with --train)")
+    t.add_argument("--source-col", type=int, default=0, help="source column of your TSV files")
+    t.add_argument("--target-col", type=int, default=1, help="target column of your TSV files")
+    t.add_argument("--bidirectional", action="store_true", help="L2R + R2L decoders (Su 2019)")
+    t.add_argument("--out", required=True, metavar="DIR", help="output model directory")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--embed-dim", type=int, default=128)
+    t.add_argument("--num-heads", type=int, default=4)
+    t.add_argument("--layers", type=int, default=2, help="encoder and decoder blocks each")
+    t.add_argument("--max-src-len", type=int, default=128)
+    t.add_argument("--max-tgt-len", type=int, default=32)
+    t.add_argument("--max-train", type=int, default=0, help="first N training pairs (0: all)")
+    t.add_argument("--min-freq", type=int, default=1, help="keep characters seen this often")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="titles for text lines", formatter_class=fmt)
+    g.add_argument("--model", required=True, metavar="DIR", help="directory written by train")
+    g.add_argument(
+        "--input", default="-", metavar="FILE", help="one source text per line (- = stdin)"
+    )
+    g.add_argument("--output", default="-", metavar="FILE", help="- = stdout")
+    _decode_options(g)
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("evaluate", help="character ROUGE-1/2/L and BLEU", formatter_class=fmt)
+    e.add_argument("--model", required=True, metavar="DIR")
+    e.add_argument("--test", required=True, metavar="FILE", help="source<TAB>target pairs")
+    e.add_argument("--source-col", type=int, default=0)
+    e.add_argument("--target-col", type=int, default=1)
+    _decode_options(e)
+    e.set_defaults(func=cmd_evaluate)
+    return top
+
+
+def _decode_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam", type=int, default=3, help="beam size (1: greedy)")
+    p.add_argument("--max-len", type=int, default=32, help="most output characters")
+    p.add_argument("--bidirectional", action="store_true",
+                   help="require a bidirectional model (its search is always bidirectional)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+def _pairs(path: str, source_col: int, target_col: int) -> list[tuple[str, str]]:
+    from kexue import data
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    pairs = data.read_pairs_tsv(path, source_col=source_col, target_col=target_col)
+    if not pairs:
+        raise ValueError(f"{path}: no pairs")
+    return pairs
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Handler of ``kexue seq2seq train``."""
+    from kexue import data
+
+    for flag, minimum in (("steps", 1), ("batch_size", 1), ("embed_dim", 1), ("num_heads", 1),
+                          ("layers", 1), ("max_src_len", 1), ("max_tgt_len", 1), ("max_train", 0),
+                          ("min_freq", 1), ("source_col", 0), ("target_col", 0)):  # fmt: skip
+        check_positive_int(getattr(args, flag), "--" + flag.replace("_", "-"), minimum)
+    if not math.isfinite(args.lr) or args.lr <= 0:
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.embed_dim % args.num_heads:
+        raise ValueError(
+            f"--embed-dim {args.embed_dim} must be divisible by --num-heads {args.num_heads}"
+        )
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if args.dev and not args.train:
+        raise ValueError("--dev needs --train")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (args.resume or args.overwrite):
+        raise ValueError(f"--out {out} is not empty; pass --overwrite to replace it or --resume")
+    if args.resume and not (out / "train" / "checkpoints").is_dir():
+        raise ValueError(f"--resume: no checkpoints in {out / 'train'}")
+    if args.data:
+        train, dev = data.load(args.data, "train"), data.load(args.data, "test")[:200]
+    else:
+        train = _pairs(args.train, args.source_col, args.target_col)
+        dev = _pairs(args.dev, args.source_col, args.target_col) if args.dev else []
+    if args.max_train:
+        train = train[: args.max_train]
+    vocab = recipe.build_vocab(train, min_freq=args.min_freq)
+    ds = recipe.encode_pairs(
+        vocab, train, max_src_len=args.max_src_len, max_tgt_len=args.max_tgt_len
+    )
+    from kexue.core.seed import seed_everything
+
+    seed_everything(args.seed)
+    kind = "bidirectional" if args.bidirectional else "l2r"
+    model = recipe.new_model(kind, vocab, embed_dim=args.embed_dim, num_heads=args.num_heads,
+                             encoder_layers=args.layers, decoder_layers=args.layers, copy_prior=True)  # fmt: skip
+    hist = recipe.fit(model, ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      warmup=min(100, max(1, args.steps // 10)), seed=args.seed, out_dir=out,
+                      ckpt_every=max(1, args.steps // 4), resume=args.resume,
+                      progress=not args.no_progress)  # fmt: skip
+    extra = {"max_src_len": args.max_src_len, "max_tgt_len": args.max_tgt_len}
+    recipe.save_model(out, model, vocab, extra)
+    msg = f"trained {kind} model ({hist['steps']} steps, loss {hist['train'].get('loss', float('nan')):.3f})"
+    if dev:
+        ev = recipe.evaluate(
+            model, vocab, dev, max_src_len=args.max_src_len, max_len=args.max_tgt_len
+        )
+        msg += ", dev " + ", ".join(
+            f"{k} {100 * ev[k]:.1f}" for k in ("rouge1", "rouge2", "rougeL", "bleu")
+        )
+    print(f"{msg} -> {out}", file=sys.stderr)
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    for flag, minimum in (("beam", 1), ("max_len", 1), ("batch_size", 1)):
+        check_positive_int(getattr(args, flag), "--" + flag.replace("_", "-"), minimum)
+    model, vocab, meta = recipe.load_model(args.model)
+    if args.bidirectional and meta["kind"] != "bidirectional":
+        raise ValueError(
+            f"--bidirectional: {args.model} holds an L2R model; train it with --bidirectional"
+        )
+    kw = {"beam_size": args.beam, "max_len": args.max_len, "batch_size": args.batch_size}
+    return model, vocab, meta.get("max_src_len", 256), kw
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Handler of ``kexue seq2seq generate``."""
+    model, vocab, max_src, kw = _load(args)
+    if args.input == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        if not Path(args.input).is_file():
+            raise FileNotFoundError(f"no such file: {args.input}")
+        lines = Path(args.input).read_text(encoding="utf-8").splitlines()
+    for k, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise ValueError(f"input line {k} is empty (every line needs a source text)")
+    titles = recipe.generate(model, vocab, lines, max_src_len=max_src, **kw) if lines else []
+    text = "".join(t + "\n" for t in titles)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Handler of ``kexue seq2seq evaluate``: prints a JSON line of scores."""
+    model, vocab, max_src, kw = _load(args)
+    pairs = _pairs(args.test, args.source_col, args.target_col)
+    ev = recipe.evaluate(model, vocab, pairs, max_src_len=max_src, **kw)
+    print(
+        json.dumps(
+            {k: round(ev[k], 6) for k in ("rouge1", "rouge2", "rougeL", "bleu")}
+            | {"pairs": len(pairs)}
+        )
+    )
+    return 0

@@ -43,6 +43,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for entry in REGISTRY.values():
         print(f"{entry.name:<{width}}  {entry.part:<16} {entry.article}")
         print(f"{'':<{width}}  {'':<16} {entry.summary}")
+        if entry.full_time:
+            print(f"{'':<{width}}  {'':<16} --scale full: {entry.full_time}")
     return 0
 
 

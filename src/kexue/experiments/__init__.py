@@ -29,6 +29,7 @@ class Entry:
     article: str  # article title (Chinese original) and date
     part: str  # the kexue subpackage it exercises
     summary: str  # one line: what it shows
+    full_time: str = ""  # the full preset's wall time on 2 CPU cores: measured, or an estimate
 
     def load(self) -> ModuleType:
         """Import the experiment module (lazily, so `kexue list` stays fast)."""
@@ -109,6 +110,15 @@ register(
         article="seq2seq之双向解码 “Bidirectional decoding for seq2seq” (2019-08-09)",
         part="kexue.seq2seq",
         summary="L2R vs synchronous L2R+R2L decoding for Chinese title generation (LCSTS, CSL): ROUGE/BLEU by length, first/last-4 accuracy",
+    )
+)
+register(
+    Entry(
+        name="mlm-mrc",
+        module="kexue.experiments.mlm_mrc",
+        article="“非自回归”也不差：基于MLM的阅读理解问答 “Non-autoregressive is not bad either: reading comprehension with an MLM” (2019-12-26)",
+        part="kexue.mrc",
+        summary="MLM reader (one pass, passage-constrained) vs UniLM AR and span readers on CMRC 2018: EM, F1, questions/s",
     )
 )
 

@@ -342,10 +342,15 @@ def pretrain(
         return {"input_ids": inputs, "attention_mask": valid, "labels": labels}
 
     def loss_fn(m: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         sel = batch["labels"] != -100
-        loss = torch.nn.functional.cross_entropy(logits[sel], batch["labels"][sel])
-        acc = (logits[sel].argmax(-1) == batch["labels"][sel]).float().mean()
+        if hasattr(m, "bert") and hasattr(m, "cls"):  # bare model: the head on chosen slots only
+            h = m.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            logits = m.cls(h.last_hidden_state[sel])
+        else:  # DDP wrapper: call it whole so gradients synchronise
+            out = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            logits = out.logits[sel]
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"][sel])
+        acc = (logits.argmax(-1) == batch["labels"][sel]).float().mean()
         return loss, {"mlm_acc": acc, "tokens": float(batch["attention_mask"].sum())}
 
     def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0

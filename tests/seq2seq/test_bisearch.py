@@ -162,6 +162,14 @@ def test_max_len_cap_and_empty_output() -> None:
     assert (out.direction == 1).all()  # tie: R2L wins under best_finished
 
 
+def test_min_len_bans_the_end_tokens() -> None:
+    toy = Toy(seed=3, end_bias=2.0)  # would end almost at once
+    out = bidirectional_beam_search(toy, torch.full((3, 1), 4), beam_size=2, max_len=6, min_len=4)
+    assert ((out.tokens >= 0).sum(-1) >= 4).all()
+    with pytest.raises(ValueError, match="min_len"):
+        bidirectional_beam_search(toy, torch.full((1, 1), 4), max_len=3, min_len=4)
+
+
 def test_zero_probability_token_never_chosen() -> None:
     toy = Toy(seed=1)
     base = toy.dist

@@ -282,3 +282,68 @@ def test_trainer_checkpoint_resume_with_lookahead_lazy(tmp_path) -> None:
     assert opt.step_count == 10
     for a, b in zip(ref.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("pullback", ["none", "reset", "pullback"])
+def test_sync_is_multi_tensor_and_bit_exact_with_the_per_parameter_rule(monkeypatch, pullback):
+    """Issue 15: the k-step sync runs as multi-tensor kernels (no per-parameter ``lerp_``/
+    ``copy_``/``zero_``), nothing happens on the other k - 1 steps, and the trajectory is
+    bit-identical to the per-parameter rule written out here."""
+    batches = _batches(9)
+    k, alpha = 3, 0.6
+
+    # per-parameter reference: phi <- phi + alpha (theta - phi); theta <- phi; momentum rules
+    ref = _model()
+    inner = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    slow = [p.detach().clone() for p in ref.parameters()]
+    slow_m = [torch.zeros_like(p) for p in ref.parameters()]
+    for t, (x, y) in enumerate(batches, 1):
+        inner.zero_grad()
+        nn.functional.cross_entropy(ref(x), y).backward()
+        inner.step()
+        if t % k:
+            continue
+        with torch.no_grad():
+            for i, p in enumerate(ref.parameters()):
+                slow[i].lerp_(p, alpha)
+                p.copy_(slow[i])
+                buf = inner.state[p]["momentum_buffer"]
+                if pullback == "reset":
+                    buf.zero_()
+                elif pullback == "pullback":
+                    slow_m[i].lerp_(buf, alpha)
+                    buf.copy_(slow_m[i])
+
+    m = _model()
+    opt = Lookahead(
+        torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), k=k, alpha=alpha, pullback=pullback
+    )
+    calls = {"foreach": 0}
+    for name in ("_foreach_lerp_", "_foreach_copy_", "_foreach_zero_"):
+        real = getattr(torch, name)
+
+        def counted(*a, _real=real, **kw):
+            calls["foreach"] += 1
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(torch, name, counted)
+    real_sync = opt.synchronize
+
+    def sync_without_per_parameter_ops():
+        def boom(*a, **kw):
+            raise AssertionError("per-parameter tensor op inside synchronize()")
+
+        with monkeypatch.context() as mp:
+            for op in ("lerp_", "copy_", "zero_"):
+                mp.setattr(torch.Tensor, op, boom)
+            real_sync()
+
+    opt.synchronize = sync_without_per_parameter_ops
+    for t, (x, y) in enumerate(batches, 1):
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(x), y).backward()
+        before = calls["foreach"]
+        opt.step()
+        expected = 0 if t % k else {"none": 2, "reset": 3, "pullback": 4}[pullback]
+        assert calls["foreach"] - before == expected, t
+    _assert_same(_params(ref), _params(m))

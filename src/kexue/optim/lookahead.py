@@ -134,7 +134,9 @@ class Lookahead(OptimizerWrapper):
         :math:`\theta \leftarrow \phi` (and the momentum rule of ``pullback``).
 
         Called by :meth:`step` every ``k`` steps; call it yourself to end training on slow
-        weights.
+        weights. Two multi-tensor kernels over all parameters (``_foreach_lerp_``,
+        ``_foreach_copy_``; the momentum rules likewise); the steps in between do nothing
+        per parameter.
         """
         params = self._params()
         slow = [self.state[p]["slow_param"] for p in params]
@@ -143,17 +145,18 @@ class Lookahead(OptimizerWrapper):
         if self.pullback == "none":
             return
         inner_state = self.optimizer.state
-        for p in params:
+        bufs = []
+        for p in params:  # the inner optimizer may create or replace buffers: look them up
             st = inner_state[p]
-            if self.pullback == "reset":
+            if st.get("momentum_buffer") is None:
                 st["momentum_buffer"] = torch.zeros_like(p)
-                continue
-            buf = st.get("momentum_buffer")
-            if buf is None:
-                buf = st["momentum_buffer"] = torch.zeros_like(p)
-            slow_buf = self.state[p]["slow_momentum"]
-            slow_buf.lerp_(buf, self.alpha)  # b_slow <- b_slow + alpha (b - b_slow)
-            buf.copy_(slow_buf)
+            bufs.append(st["momentum_buffer"])
+        if self.pullback == "reset":
+            torch._foreach_zero_(bufs)
+            return
+        slow_bufs = [self.state[p]["slow_momentum"] for p in params]
+        torch._foreach_lerp_(slow_bufs, bufs, self.alpha)  # b_slow <- b_slow + alpha (b - b_slow)
+        torch._foreach_copy_(bufs, slow_bufs)
 
     # -- evaluation on slow weights ------------------------------------------------------------
     @contextmanager

@@ -252,7 +252,7 @@ def _plots(cfg: Config, out_dir: Path, runs: dict, sweep: dict, res: Result) -> 
         "loss range over step sizes",
         "max gradient change",
         "effective β",
-        "λ_max (train mode)",
+        "λ_max: train o, eval x",
     )
     for j, lr in enumerate(cfg.lrs):
         for name, _ in NETS:

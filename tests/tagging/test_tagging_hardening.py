@@ -263,7 +263,7 @@ def test_dev_labels_unseen_in_training_are_refused(tmp_path, capsys):
 
 def test_tags_of_entity_data_are_checked_before_training():
     ex = [(list(c), t) for c, t in SENTS]
-    with pytest.raises(ValueError, match="sentence 2: tag 'B' is not BIO or BIOES"):
+    with pytest.raises(ValueError, match="example 2, token 1: tag .B. is not BIO or BIOES"):
         prepare_ner([ex[0], (["x"], ["B"])])
     # a BIO file with a few entities starting with I- is BIO with errors, not IOB1
     prep = prepare_ner(ex + [(["x", "y"], ["O", "I-PER"])], constrained=True)

@@ -147,9 +147,9 @@ def entity_labels(examples: Sequence[Example]) -> list[str]:
 
 
 def _where(origins: Sequence[str] | None, i: int, pos: int | None = None) -> str:
-    """``"file, line N"`` of example ``i`` (token ``pos``), or ``"sentence i"``."""
+    """``"file, line N"`` of example ``i`` (token ``pos``), or ``"example i"`` (1-based) without origins."""
     if origins is None:
-        return f"sentence {i + 1}"
+        return f"example {i + 1}" if pos is None else f"example {i + 1}, token {pos + 1}"
     o = origins[i]
     if pos is not None and ", line " in o and o.endswith(" +tok"):
         path, line = o[: -len(" +tok")].rsplit(", line ", 1)

@@ -1,0 +1,94 @@
+"""``kexue lm pretrain`` and ``kexue lm eval``: tiny Chinese BERT pretraining and held-out scores.
+
+``pretrain`` writes a standard HF directory (``config.json``, ``model.safetensors``, tokenizer
+files) that ``transformers`` ``from_pretrained`` and ``kexue mrc train --model DIR`` read; it runs
+under ``torchrun`` unchanged and continues an interrupted run with ``--resume``. User errors raise
+``ValueError`` / ``FileNotFoundError``: the main CLI prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kexue.lm.pretraining import PretrainConfig, _texts, evaluate_mlm, pretrain
+
+_FIELDS = {  # flag -> PretrainConfig field
+    "hidden_size": "hidden", "num_layers": "layers", "num_heads": "heads", "max_len": "max_len",
+    "steps": "steps", "batch_size": "batch_size", "lr": "lr", "warmup": "warmup",
+    "min_freq": "min_freq", "max_vocab": "max_vocab", "max_texts": "max_texts",
+    "max_positions": "max_positions", "seed": "seed",
+}  # fmt: skip
+
+
+def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``lm pretrain`` and ``lm eval`` on the main CLI; returns ``lm``."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    lm = subparsers.add_parser("lm", help="pretrain / score a tiny Chinese BERT (MLM)")
+    sub = lm.add_subparsers(dest="lm_command", metavar="SUBCOMMAND", parser_class=type(lm))
+    d = PretrainConfig()
+    p = sub.add_parser("pretrain", help="MLM pretraining on chinese-text", formatter_class=fmt)
+    p.add_argument("--out", required=True, metavar="DIR", help="output HF model directory")
+    p.add_argument("--hidden", type=int, default=d.hidden_size, help="hidden size")
+    p.add_argument("--layers", type=int, default=d.num_layers)
+    p.add_argument("--heads", type=int, default=d.num_heads)
+    p.add_argument("--max-len", type=int, default=d.max_len, help="chunk length in tokens")
+    p.add_argument("--max-positions", type=int, default=d.max_positions)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--min-freq", type=int, default=d.min_freq, help="vocabulary: min count")
+    p.add_argument("--max-vocab", type=int, default=d.max_vocab, help="0: no cap")
+    p.add_argument("--max-texts", type=int, default=d.max_texts, help="0: all training texts")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/trainer checkpoints")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_pretrain)
+
+    e = sub.add_parser("eval", help="held-out MLM accuracy / perplexity", formatter_class=fmt)
+    e.add_argument("--model", required=True, metavar="DIR", help="a HF masked-LM directory")
+    e.add_argument("--max-len", type=int, default=128)
+    e.add_argument("--max-texts", type=int, default=0, help="0: all of chinese-text valid")
+    e.set_defaults(func=cmd_eval)
+    return lm
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Handler of ``kexue lm pretrain``."""
+    cfg = PretrainConfig(**{f: getattr(args, a) for f, a in _FIELDS.items()})
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if out.is_dir() and any(out.iterdir()) and not (args.resume or args.overwrite):
+        raise ValueError(f"--out {out} is not empty; pass --resume to continue or --overwrite")
+    if args.resume and not (out / "trainer" / "checkpoints").is_dir():
+        raise FileNotFoundError(f"--resume: no checkpoints under {out / 'trainer'}")
+    if args.overwrite and out.is_dir():
+        shutil.rmtree(out)
+    res = pretrain(cfg, out, resume=args.resume, progress=not args.no_progress, device=args.device)
+    ev = res["eval"]
+    print(
+        f"saved tiny BERT ({res['vocab_size']} tokens) to {out}; held-out MLM accuracy "
+        f"{ev['mlm_accuracy']:.4f}, perplexity {ev['perplexity']:.2f}"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Handler of ``kexue lm eval``."""
+    from kexue.lm.model import load_pretrained
+
+    if args.max_len < 3 or args.max_texts < 0:
+        raise ValueError("--max-len must be >= 3 and --max-texts >= 0")
+    model, tok = load_pretrained(args.model)
+    res = evaluate_mlm(model, tok, _texts("valid", args.max_texts), max_len=args.max_len)
+    print(json.dumps(res))
+    return 0

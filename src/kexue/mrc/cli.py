@@ -1,0 +1,254 @@
+"""``kexue mrc train | predict | evaluate``: reading comprehension with the MLM reader (or the AR
+and span baselines) on the shipped sets or your own SQuAD-style / WebQA-style JSON.
+
+``--model`` is a local HF BERT directory (``kexue lm pretrain`` output, or a Chinese BERT you
+downloaded elsewhere); ``--model tiny`` uses the tiny BERT pretrained here (cached under
+``$KEXUE_CACHE``, pretrained on first use). User errors raise ``ValueError`` /
+``FileNotFoundError``: the main CLI prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from kexue.mrc.recipe import (
+    KINDS,
+    evaluate,
+    fit,
+    load_examples,
+    load_reader,
+    make_reader,
+    save_reader,
+)
+
+DATASETS = ("cmrc2018", "webqa-sample")
+
+
+def _positive(name: str, v: int) -> None:
+    if v < 1:
+        raise ValueError(f"--{name} must be >= 1, got {v}")
+
+
+def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``mrc train|predict|evaluate`` on the main CLI; returns ``mrc``."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    mrc = subparsers.add_parser("mrc", help="reading comprehension: MLM / AR / span readers")
+    sub = mrc.add_subparsers(dest="mrc_command", metavar="SUBCOMMAND", parser_class=type(mrc))
+
+    t = sub.add_parser("train", help="fine-tune a reader and save it to --out", formatter_class=fmt)
+    t.add_argument("--reader", choices=sorted(KINDS), default="mlm")
+    t.add_argument(
+        "--model",
+        default="tiny",
+        metavar="DIR",
+        help="pretrained BERT directory, or 'tiny' (the cached tiny BERT)",
+    )
+    src = t.add_mutually_exclusive_group()
+    src.add_argument("--data", choices=DATASETS, default="cmrc2018")
+    src.add_argument("--train", metavar="FILE", help="your SQuAD-style or WebQA-style JSON")
+    t.add_argument("--split", default=None, help="dataset split (cmrc2018: dev)")
+    t.add_argument("--format", choices=("squad", "webqa"), help="format of --train (guessed)")
+    t.add_argument("--limit", type=int, default=0, help="first N questions (0: all)")
+    t.add_argument("--out", required=True, metavar="DIR")
+    t.add_argument("--steps", type=int, default=600)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--warmup", type=int, default=50)
+    t.add_argument("--max-answer-len", type=int, default=16, help="answer slots L")
+    t.add_argument("--max-question-len", type=int, default=32)
+    t.add_argument("--max-passage-len", type=int, default=128, help="passage window (tokens)")
+    t.add_argument("--stride", type=int, default=64, help="step between passage windows")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from --out/train checkpoints")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="answer questions", formatter_class=fmt)
+    p.add_argument("--model", required=True, metavar="DIR", help="directory from `mrc train`")
+    p.add_argument("--question", help="one question (with --passage)")
+    p.add_argument("--passage", action="append", help="a passage; repeat for several")
+    p.add_argument(
+        "--input",
+        metavar="FILE",
+        help='JSON lines {"question": ..., "passages": [...]} ("-": stdin)',
+    )
+    p.add_argument(
+        "--unconstrained",
+        action="store_true",
+        help="MLM reader: slot-by-slot argmax instead of passage-constrained decoding",
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="EM / F1 / Final on a labelled set", formatter_class=fmt)
+    e.add_argument("--model", required=True, metavar="DIR", help="directory from `mrc train`")
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--data", choices=DATASETS, default="cmrc2018")
+    src.add_argument("--test", metavar="FILE", help="your SQuAD-style or WebQA-style JSON")
+    e.add_argument("--split", default=None, help="dataset split (cmrc2018: trial)")
+    e.add_argument("--format", choices=("squad", "webqa"))
+    e.add_argument("--limit", type=int, default=0)
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--predictions", metavar="FILE", help="also write {id: answer} JSON here")
+    e.set_defaults(func=cmd_evaluate)
+    return mrc
+
+
+def _model_dir(name: str, progress: bool) -> Path:
+    if name != "tiny":
+        path = Path(name)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--model {name}: no such directory")
+        return path
+    from kexue.lm import PretrainConfig, cached_pretrained
+
+    # the quick preset's tiny BERT of experiment mlm-mrc (same cache entry)
+    cfg = PretrainConfig(
+        hidden_size=128,
+        num_layers=4,
+        num_heads=4,
+        max_positions=512,
+        max_len=128,
+        steps=800,
+        batch_size=32,
+        lr=1e-3,
+        warmup=80,
+    )
+    return cached_pretrained(cfg, progress=progress)[0]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Handler of ``kexue mrc train``."""
+    for name in (
+        "steps",
+        "batch_size",
+        "max_answer_len",
+        "max_question_len",
+        "max_passage_len",
+        "stride",
+    ):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    if args.limit < 0:
+        raise ValueError(f"--limit must be >= 0, got {args.limit}")
+    if not 0 < args.lr < 1:
+        raise ValueError(f"--lr must be in (0, 1), got {args.lr}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if out.is_dir() and any(out.iterdir()) and not (args.resume or args.overwrite):
+        raise ValueError(f"--out {out} is not empty; pass --resume to continue or --overwrite")
+    if args.resume and not (out / "train" / "checkpoints").is_dir():
+        raise FileNotFoundError(f"--resume: no checkpoints under {out / 'train'}")
+    source = args.train or args.data
+    split = args.split or ("dev" if source == "cmrc2018" else None)
+    examples = load_examples(source, split, fmt=args.format, limit=args.limit)
+    model_dir = _model_dir(args.model, not args.no_progress)
+    if args.overwrite and out.is_dir():
+        shutil.rmtree(out)
+    from kexue.core.seed import seed_everything
+
+    seed_everything(args.seed)
+    reader = make_reader(
+        args.reader,
+        model_dir,
+        max_answer_len=args.max_answer_len,
+        max_question_len=args.max_question_len,
+        max_passage_len=args.max_passage_len,
+        stride=args.stride,
+    )
+    hist = fit(
+        reader,
+        examples,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        seed=args.seed,
+        out_dir=out / "train",
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    save_reader(
+        reader,
+        out,
+        extra={
+            "trained_on": source,
+            "questions": len(examples),
+            "steps": hist["steps"],
+            "base_model": str(model_dir),
+        },
+    )
+    loss = hist["losses"][-1] if hist["losses"] else float("nan")
+    print(
+        f"saved {args.reader} reader ({len(examples)} questions, {hist['steps']} steps, "
+        f"last loss {loss:.4f}) to {out}"
+    )
+    return 0
+
+
+def _queries(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    if args.input and (args.question or args.passage):
+        raise ValueError("give --input or --question/--passage, not both")
+    if not args.input:
+        if not args.question or not args.passage:
+            raise ValueError("give --question and at least one --passage (or --input FILE)")
+        return [(args.question, args.passage)]
+    if args.input != "-" and not Path(args.input).is_file():
+        raise FileNotFoundError(f"--input {args.input}: no such file")
+    text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text("utf-8")
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--input line {i}: not JSON ({e.msg})") from None
+        if not isinstance(obj, dict) or "question" not in obj or "passages" not in obj:
+            raise ValueError(f'--input line {i}: expected {{"question": ..., "passages": [...]}}')
+        out.append((obj["question"], obj["passages"]))
+    if not out:
+        raise ValueError("--input has no questions")
+    return out
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Handler of ``kexue mrc predict``: one JSON line per question."""
+    _positive("batch-size", args.batch_size)
+    queries = _queries(args)
+    overrides = {"constrained": False} if args.unconstrained else {}
+    reader = load_reader(args.model, **overrides)
+    for (q, _), (answer, score) in zip(
+        queries, reader.predict_batch(queries, args.batch_size), strict=True
+    ):
+        print(
+            json.dumps(
+                {"question": q, "answer": answer, "score": round(score, 6)}, ensure_ascii=False
+            )
+        )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Handler of ``kexue mrc evaluate``: prints the metrics as one JSON object."""
+    _positive("batch-size", args.batch_size)
+    if args.limit < 0:
+        raise ValueError(f"--limit must be >= 0, got {args.limit}")
+    source = args.test or args.data
+    split = args.split or ("trial" if source == "cmrc2018" else None)
+    examples = load_examples(source, split, fmt=args.format, limit=args.limit)
+    reader = load_reader(args.model)
+    res = evaluate(reader, examples, batch_size=args.batch_size)
+    preds = res.pop("predictions")
+    if args.predictions:
+        Path(args.predictions).write_text(json.dumps(preds, ensure_ascii=False, indent=1))
+    print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in res.items()}))
+    return 0

@@ -314,7 +314,11 @@ def checkpoint_problem(path: str | os.PathLike, verify: bool = True) -> str | No
             return f"{name} is missing"
         if size != entry["size"]:
             return f"{name} has {size} bytes, the manifest says {entry['size']} (truncated?)"
-        if verify and "sha256" in entry and sha256_file(path / name) != entry["sha256"]:
+        try:
+            digest = sha256_file(path / name) if verify and "sha256" in entry else None
+        except OSError as err:
+            return f"{name} is unreadable ({type(err).__name__})"
+        if digest is not None and digest != entry["sha256"]:
             return f"{name}: sha256 differs from the manifest (corrupt)"
     return None
 

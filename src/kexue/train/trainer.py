@@ -303,19 +303,23 @@ class Trainer:
         """
         assert self.ckpt_root is not None
         skipped: list[str] = []
+        corrupt: list[Path] = []
         found = None
         for path in reversed(checkpoint_dirs(self.ckpt_root)):
             problem = checkpoint_problem(path)
             if problem is None:
                 try:
                     weights, state = read_checkpoint(path)
-                except CorruptCheckpointError as err:
+                except (CorruptCheckpointError, OSError) as err:
                     problem = str(err)
                 else:
                     found = (path, weights, state)
                     break
             skipped.append(f"{path.name} ({problem})")
-            if self._writes():
+            corrupt.append(path)
+        dist.barrier()  # every rank has chosen before rank 0 moves anything
+        if self._writes():
+            for path in corrupt:
                 aside = path.with_name(f"corrupt_{path.name}")
                 shutil.rmtree(aside, ignore_errors=True)
                 os.replace(path, aside)

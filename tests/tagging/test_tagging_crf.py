@@ -434,3 +434,21 @@ def test_wide_potentials_regression_cases():
         assert math.isfinite(got)
         worst = max(worst, abs(got - lz) / (1 + abs(lz)))
     assert worst <= 1e-4
+
+
+def test_non_finite_padding_never_reaches_values_or_gradients():
+    em, tags, lengths = make(3, 6, 4, seed=4)
+    em = em.float()
+    crf = crf_with(4).float()
+    mask = torch.arange(6)[None] < lengths[:, None]
+    clean = em.clone().requires_grad_(True)
+    dirty = em.masked_fill(~mask.unsqueeze(2), float("nan")).requires_grad_(True)
+    dirty.data[~mask] = float("inf")
+    for reference in (False, True):
+        a = crf.loss(clean, tags, lengths=lengths, reference=reference, reduction="sum")
+        b = crf.loss(dirty, tags, lengths=lengths, reference=reference, reduction="sum")
+        ga = torch.autograd.grad(a, [clean, crf.transitions])
+        gb = torch.autograd.grad(b, [dirty, crf.transitions])
+        assert torch.equal(a, b)
+        for x, y in zip(ga, gb):
+            assert torch.isfinite(y).all() and torch.equal(x, y)

@@ -177,6 +177,9 @@ def log_partition(emissions: Tensor, transitions: Tensor, mask: Tensor) -> Tenso
     """
     if emissions.dtype in (torch.float16, torch.bfloat16):
         emissions = emissions.float()
+    # padded steps never count; zero them so that garbage there (inf, NaN) cannot leak into
+    # the gradients through 0 * inf
+    emissions = emissions.masked_fill(~mask.unsqueeze(2), 0.0)
     transitions = transitions.to(emissions.dtype)
     safe = exp_safe_rows(emissions, transitions, mask)
     if bool(safe.all()):
@@ -201,6 +204,7 @@ def marginals_exp(emissions: Tensor, transitions: Tensor, mask: Tensor) -> Tenso
     with torch.no_grad():
         if emissions.dtype in (torch.float16, torch.bfloat16):
             emissions = emissions.float()
+        emissions = emissions.masked_fill(~mask.unsqueeze(2), 0.0)
         transitions = transitions.to(emissions.dtype)
         out = torch.zeros_like(emissions)
         safe = exp_safe_rows(emissions, transitions, mask)

@@ -70,7 +70,9 @@ class CRF(nn.Module):
 
     # -- potentials ---------------------------------------------------------------------------
     def _potentials(self, emissions: Tensor, mask: Tensor, penalty: float) -> tuple[Tensor, Tensor]:
-        """Fold start/end scores and constraints into ``(emissions', transitions')``."""
+        """Fold start/end scores and constraints into ``(emissions', transitions')``; padded
+        steps are zeroed (they never count, and garbage there must not reach the gradients)."""
+        emissions = emissions.masked_fill(~mask.unsqueeze(2), 0.0)
         trans = self.transitions
         if self.start_end or self.constrained:
             first = torch.zeros_like(emissions[:, 0])

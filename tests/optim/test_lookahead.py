@@ -347,3 +347,31 @@ def test_sync_is_multi_tensor_and_bit_exact_with_the_per_parameter_rule(monkeypa
         expected = 0 if t % k else {"none": 2, "reset": 3, "pullback": 4}[pullback]
         assert calls["foreach"] - before == expected, t
     _assert_same(_params(ref), _params(m))
+
+
+def test_step_hooks_and_profiler_still_see_the_wrapper() -> None:
+    """``step`` skips Optimizer's per-call profiler/hook wrapper only when nothing listens."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    m = _model()
+    opt = Lookahead(torch.optim.Adam(m.parameters(), lr=1e-2), k=2)
+    seen = []
+    handle = opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(("pre", o)))
+    opt.register_step_post_hook(lambda o, args, kwargs: seen.append(("post", o)))
+    x, y = _batches(1)[0]
+    nn.functional.cross_entropy(m(x), y).backward()
+    opt.step()
+    assert seen == [("pre", opt), ("post", opt)] and opt.step_count == 1
+    handle.remove()
+    glob = register_optimizer_step_pre_hook(lambda o, args, kwargs: seen.append(("global", o)))
+    try:
+        opt.step()
+    finally:
+        glob.remove()
+    assert ("global", opt) in seen and opt.step_count == 2
+    with torch.profiler.profile() as prof:
+        opt.step()
+    assert any(e.name == "Optimizer.step#Lookahead.step" for e in prof.events())
+    seen.clear()
+    opt.step()  # no hooks of its own left but the post hook
+    assert seen == [("post", opt)] and opt.step_count == 4

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from torch.optim import Optimizer
+from torch.optim import optimizer as _torch_optimizer
 
 from kexue.core.checks import check_positive_int
 from kexue.optim.wrapper import OptimizerWrapper
@@ -108,6 +109,11 @@ class Lookahead(OptimizerWrapper):
                     st["slow_momentum"] = torch.zeros_like(p)
 
     # -- step ----------------------------------------------------------------------------------
+    # ``Optimizer`` wraps every subclass's ``step`` in a profiler ``record_function`` plus hook
+    # dispatch; the inner optimizer's ``step`` already has that wrapper, and a second one on this
+    # thin wrapper costs a few percent of an Adam step on a small MLP (issue 15). So ``step`` is
+    # marked as already hooked, and takes the wrapped path only when it is needed: step hooks
+    # registered on this optimizer or globally, or the autograd profiler running.
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One inner step; every ``k``-th call also synchronises slow and fast weights.
 
@@ -120,6 +126,19 @@ class Lookahead(OptimizerWrapper):
         Raises:
             RuntimeError: called inside :meth:`slow_weights`.
         """
+        if (
+            self._optimizer_step_pre_hooks
+            or self._optimizer_step_post_hooks
+            or getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
+            or getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
+            or torch.autograd._profiler_enabled()
+        ):
+            return self._hooked_step(closure)
+        return self._step(closure)
+
+    step.hooked = True  # type: ignore[attr-defined]  # Optimizer._patch_step_function: skip
+
+    def _step(self, closure: Callable[[], float] | None = None) -> Any:
         if self._swapped is not None:
             raise RuntimeError("step() called inside slow_weights(); leave the context first")
         loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
@@ -127,6 +146,8 @@ class Lookahead(OptimizerWrapper):
         if self.step_count % self.k == 0:
             self.synchronize()
         return loss
+
+    _hooked_step = Optimizer.profile_hook_step(_step)
 
     @torch.no_grad()
     def synchronize(self) -> None:

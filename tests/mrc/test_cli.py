@@ -225,9 +225,9 @@ def test_tiny_model_is_the_experiments_quick_bert():
         num_heads=4,
         max_positions=512,
         max_len=128,
-        steps=800,
+        steps=600,
         batch_size=32,
         lr=1e-3,
-        warmup=80,
+        warmup=60,
     )
     assert cli == quick  # `--model tiny` shares the experiment's cache entry

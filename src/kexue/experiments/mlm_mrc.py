@@ -121,11 +121,12 @@ PRESETS = {
                     max_question_len=16, max_passage_len=48, stride=24, train_max=48,
                     eval_max=12, steps=40, batch_size=8, lr=2e-3, warmup=5, eval_batch=16,
                     speed_questions=4, threads=1),
-    # ~10-15 min on 2 idle cores, pretraining (~5 min, cached afterwards) included
-    "quick": Config(lm_hidden=128, lm_layers=4, lm_heads=4, lm_steps=800, lm_batch=32,
+    # ~10 min on 2 idle cores (estimate from 0.7 / 0.5 CPU-s per pretraining / reader step):
+    # pretraining ~4 min (cached afterwards), 3 readers x 300 steps, 200 trial questions
+    "quick": Config(lm_hidden=128, lm_layers=4, lm_heads=4, lm_steps=600, lm_batch=32,
                     lm_max_len=128, lm_lr=1e-3, max_answer_len=16, max_question_len=32,
-                    max_passage_len=128, stride=64, steps=600, batch_size=16, lr=3e-4,
-                    warmup=50, eval_max=300, speed_questions=32),
+                    max_passage_len=128, stride=64, steps=300, batch_size=16, lr=5e-4,
+                    warmup=30, eval_max=200, speed_questions=32),
     # the article's lengths; a 256-d BERT pretrained 20k steps: many hours on a CPU, ~1 h on
     # one GPU
     "full": Config(),

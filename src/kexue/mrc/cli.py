@@ -115,10 +115,10 @@ def _model_dir(name: str, progress: bool) -> Path:
         num_heads=4,
         max_positions=512,
         max_len=128,
-        steps=800,
+        steps=600,
         batch_size=32,
         lr=1e-3,
-        warmup=80,
+        warmup=60,
     )
     return cached_pretrained(cfg, progress=progress)[0]
 

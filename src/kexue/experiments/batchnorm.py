@@ -230,7 +230,9 @@ def _report(cfg: Config, out_dir: Path, runs: dict, sweep: dict) -> Result:
         "Verdicts follow the seed rule: a ratio 'holds' only with >= 3 seeds and a mean log-gap "
         f"larger than its spread; this run has {len(cfg.seeds)} seed(s). Learning rates where a "
         "network did not train are excluded from the comparisons (a collapsed, flat network "
-        "looks 'smooth')."
+        "looks 'smooth'). Checkpoints are matched by step, not by loss: the plain network's "
+        "early plateau is flat (small probes) and its later descent rough, and the medians mix "
+        "both phases; see landscape.png for the trajectories."
     )
     return res
 # fmt: on

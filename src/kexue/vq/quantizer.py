@@ -260,6 +260,16 @@ class VectorQuantizer(nn.Module):
         """The current code vectors, ``(m, d)``."""
         return self.weight
 
+    @property
+    def perplexity(self) -> torch.Tensor:
+        """Perplexity of the codes of the last call (0-dim tensor; NaN before any call)."""
+        return self.stats.get("perplexity", torch.tensor(float("nan")))
+
+    @property
+    def usage(self) -> torch.Tensor:
+        """Fraction of codes used by the last call (0-dim tensor; NaN before any call)."""
+        return self.stats.get("usage", torch.tensor(float("nan")))
+
     def extra_repr(self) -> str:
         ema = f", ema_decay={self.ema_decay}" if self.ema_decay is not None else ""
         return f"num_codes={self.num_codes}, dim={self.dim}, commitment={self.commitment}{ema}"

@@ -140,3 +140,16 @@ def test_bad_inputs():
         PixelCNNPrior(4, channels=8, num_layers=1).log_prob(codes, torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="kernel_size"):
         PixelCNNPrior(4, kernel_size=4)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_fast_sampler_draws_what_the_reference_draws(conditional):
+    torch.manual_seed(7)
+    prior = PixelCNNPrior(6, channels=8, num_layers=3, num_classes=4 if conditional else 0)
+    for p in prior.head[-1].parameters():
+        p.data.mul_(4)
+    y = torch.tensor([0, 3, 1, 2, 2]) if conditional else None
+    fast = prior.sample(5, (4, 3), y=y, generator=torch.Generator().manual_seed(1))
+    ref = prior.sample_reference(5, (4, 3), y=y, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(fast, ref)
+    assert len(set(fast.flatten().tolist())) > 1

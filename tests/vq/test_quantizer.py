@@ -39,6 +39,25 @@ def test_nearest_code_equals_brute_force(n, m, d, scale, chunk, seed):
     torch.testing.assert_close(dist, ref_d, rtol=1e-7, atol=1e-9 * scale**2)
 
 
+@given(
+    lead=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    d=st.integers(1, 6),
+    m=st.integers(1, 12),
+    scale=st.sampled_from([1e-2, 1.0, 1e2]),
+    seed=st.integers(0, 2**16),
+)
+def test_forward_on_any_leading_shape(lead, d, m, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    vq = VectorQuantizer(m, d, init_range=scale).double()
+    z = torch.randn(*lead, d, generator=g, dtype=torch.float64) * scale
+    z_q, codes, losses = vq(z)
+    assert codes.shape == tuple(lead) and z_q.shape == z.shape
+    assert torch.equal(codes.reshape(-1), brute_nearest(z.reshape(-1, d), vq.codebook.detach())[0])
+    assert torch.equal(z_q, vq.lookup(codes))
+    torch.testing.assert_close(losses["codebook"], (z - z_q).square().mean())
+    assert 1 - 1e-9 <= float(vq.perplexity) <= m + 1e-9
+
+
 def test_ties_go_to_the_lowest_index():
     e = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # rows 2, 3 duplicate 0, 1
     z = torch.tensor([[2.0, 0.1], [0.1, 3.0], [0.5, 0.5]])  # last one: all four at equal distance

@@ -74,7 +74,8 @@ def nearest_code(
 
     :math:`k^\star_i = \arg\min_j (\lVert e_j\rVert^2 - 2\langle z_i, e_j\rangle)` (the constant
     :math:`\lVert z_i\rVert^2` is added back only for the returned distance). Ties go to the
-    lowest index (``torch.argmin`` returns the first minimum). Rows are processed
+    lowest index on CPU (``torch.min`` returns the first minimum there; CUDA does not document
+    its tie rule). Rows are processed
     ``max(1, chunk_elems // m)`` at a time, so the peak extra memory is about
     ``chunk_elems`` distances, whatever ``n``.
 

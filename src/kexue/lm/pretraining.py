@@ -112,10 +112,13 @@ class PretrainConfig:
                 f"PretrainConfig.max_len must be in [3, max_positions={self.max_positions}], "
                 f"got {self.max_len!r}"
             )
-        for name, lo, hi in (("lr", 0, 1), ("mask_prob", 0, 1), ("dropout", -1e-12, 1)):
+        for name in ("lr", "mask_prob"):
             v = getattr(self, name)
-            if not isinstance(v, int | float) or isinstance(v, bool) or not lo < v < hi:
-                raise ValueError(f"PretrainConfig.{name} must be in ({lo}, {hi}), got {v!r}")
+            if not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v < 1:
+                raise ValueError(f"PretrainConfig.{name} must be in (0, 1), got {v!r}")
+        d = self.dropout
+        if not isinstance(d, int | float) or isinstance(d, bool) or not 0 <= d < 1:
+            raise ValueError(f"PretrainConfig.dropout must be in [0, 1), got {d!r}")
         for name in ("weight_decay", "grad_clip"):
             v = getattr(self, name)
             if not isinstance(v, int | float) or isinstance(v, bool) or not v >= 0:

@@ -392,7 +392,8 @@ class MLMReader:
     def _decode(self, probs: torch.Tensor, enc: Encoded, passage: str) -> tuple[str, float]:
         if not self.constrained:
             ids, score = unconstrained_decode(probs, self.ids.sep)
-            return self.tokenizer.decode(ids).replace(" ", ""), score
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            return text.replace(" ", "").replace("##", ""), score
         ids, score, start = constrained_greedy_decode(probs, enc.passage_ids, self.ids.sep)
         if not ids:
             return "", score

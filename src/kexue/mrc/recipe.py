@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +275,13 @@ def evaluate(reader: Any, examples: Sequence[Example], *, batch_size: int = 32) 
     preds = reader.predict_batch([(ex.question, ex.passages) for ex in labelled], batch_size)
     seconds = time.perf_counter() - t0
     scores = evaluate_predictions([a for a, _ in preds], [ex.answers for ex in labelled])
+    if scores["empty"] > 0.9 and len(labelled) >= 50:
+        # bert4keras issue 284: almost only empty answers usually means a data/format mismatch
+        warnings.warn(
+            f"{scores['empty']:.0%} of the predictions are empty: check the data format "
+            "(field names, passage lists) and that the model was trained on this layout",
+            stacklevel=2,
+        )
     return {
         **scores,
         "questions_per_s": len(labelled) / seconds,

@@ -97,7 +97,7 @@ PRESETS = {
     "quick": Config(train_n=20_000, test_n=5_000, num_codes=128, code_dim=32, hidden=32,
                     res_blocks=1, vq_steps=800, prior_channels=32, prior_layers=6,
                     prior_steps=800, threads=1),
-    # the paper's K = 512, all of MNIST; roughly an hour on 2 cores
+    # the paper's K = 512, all of MNIST; about 3 hours on 2 cores (estimated from quick per-step times)
     "full": Config(),
 }  # fmt: skip
 

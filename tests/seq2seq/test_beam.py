@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kexue.seq2seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy_search
@@ -81,6 +81,7 @@ def test_small_beams_never_beat_the_optimum_and_scores_are_model_scores() -> Non
             assert scores[i].item() <= opt + 1e-4
 
 
+@settings(max_examples=10)
 @given(seed=st.integers(0, 1000), k=st.integers(1, 5), alpha=st.sampled_from([0.0, 0.6, 1.0]))
 def test_batched_equals_one_example_at_a_time(seed, k, alpha) -> None:
     model = tiny(seed=seed % 7, vocab=10)

@@ -92,49 +92,20 @@ class Config:
             raise ValueError(f"copy_prior must be a bool, got {self.copy_prior!r}")
 
 
+# fmt: off
 PRESETS = {
     # seconds: 16 training pairs, scored on themselves (plumbing + "it learns" check)
-    "smoke": Config(
-        train_size=16,
-        test_size=16,
-        eval_split="train",
-        max_src_len=40,
-        max_tgt_len=24,
-        embed_dim=64,
-        layers=1,
-        dropout=0.0,
-        steps=80,
-        batch_size=16,
-        lr=6e-3,
-        warmup=5,
-        beam_size=2,
-        samples=2,
-        threads=1,
-    ),  # fmt: skip
-    # minutes on 2 cores: small models, short training, 300 test pairs per set
-    "quick": Config(
-        test_size=300,
-        max_src_len=96,
-        max_tgt_len=32,
-        embed_dim=96,
-        layers=2,
-        steps=500,
-        batch_size=32,
-        lr=3e-3,
-        warmup=50,
-    ),  # fmt: skip
+    "smoke": Config(train_size=16, test_size=16, eval_split="train", max_src_len=40, max_tgt_len=24,
+                    embed_dim=64, layers=1, dropout=0.0, steps=80, batch_size=16, lr=6e-3,
+                    warmup=5, beam_size=2, samples=2, threads=1),
+    # minutes on 2 cores: small models (d=64), 300 steps, 200 test pairs per set
+    "quick": Config(test_size=200, max_src_len=64, max_tgt_len=24, embed_dim=64, layers=2,
+                    steps=300, batch_size=32, lr=3e-3, warmup=30),
     # the article's budget (Su: 100 epochs x 1000 steps x batch 64): ~days on 2 CPU cores
-    "full": Config(
-        embed_dim=256,
-        layers=3,
-        steps=100_000,
-        batch_size=64,
-        lr=1e-3,
-        warmup=2000,
-        max_src_len=256,
-        seeds=(0, 1, 2),
-    ),  # fmt: skip
+    "full": Config(embed_dim=256, layers=3, steps=100_000, batch_size=64, lr=1e-3, warmup=2000,
+                   max_src_len=256, seeds=(0, 1, 2)),
 }
+# fmt: on
 
 
 def _pairs(name: str, cfg: Config) -> tuple[list, list]:
@@ -152,11 +123,12 @@ def _one(cfg: Config, kind: str, seed: int, vocab, train_ds, train, test) -> dic
     model = recipe.new_model(kind, vocab, embed_dim=cfg.embed_dim, num_heads=cfg.num_heads,
                              encoder_layers=cfg.layers, decoder_layers=cfg.layers,
                              dropout=cfg.dropout, copy_prior=cfg.copy_prior)  # fmt: skip
-    probe = recipe.collate(train_ds.items[:64])
-    test_ds = recipe.encode_pairs(
-        vocab, test[:64], max_src_len=cfg.max_src_len, max_tgt_len=cfg.max_tgt_len
+    dev = next(model.parameters()).device
+    probe = tuple(x.to(dev) for x in recipe.collate(train_ds.items[:64]))
+    lim = {"max_src_len": cfg.max_src_len, "max_tgt_len": cfg.max_tgt_len}
+    tprobe = tuple(
+        x.to(dev) for x in recipe.collate(recipe.encode_pairs(vocab, test[:64], **lim).items)
     )
-    tprobe = recipe.collate(test_ds.items)
     with torch.no_grad():
         model.eval()
         loss0 = model.loss(*probe).item()
@@ -194,25 +166,19 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
     for name in cfg.datasets:
         train, test = _pairs(name, cfg)
         vocab = recipe.build_vocab(train)
-        train_ds = recipe.encode_pairs(
-            vocab, train, max_src_len=cfg.max_src_len, max_tgt_len=cfg.max_tgt_len
-        )
+        lim = {"max_src_len": cfg.max_src_len, "max_tgt_len": cfg.max_tgt_len}
+        train_ds = recipe.encode_pairs(vocab, train, **lim)
         refs = [t for _, t in test]
         lead_n = round(sum(len(char_tokens(t)) for _, t in train) / len(train))
         lead = title_scores(recipe.lead_baseline(test, lead_n), refs)
-        res.metric(
-            f"{name}_lead_rougeL",
-            lead["rougeL"],
-            f"{name}: ROUGE-L of the first {lead_n} source characters",
-        )
+        label = f"{name}: ROUGE-L of the first {lead_n} source characters"
+        res.metric(f"{name}_lead_rougeL", lead["rougeL"], label)
         long_refs = [i for i, r in enumerate(refs) if len(char_tokens(r)) >= 8]
         per_kind = {}
         for kind in KINDS:
             runs = []
             for seed in cfg.seeds:
-                say(
-                    f"[bidirectional-decoding] {name} {kind} seed {seed}: training {cfg.steps} steps"
-                )
+                say(f"[bidirectional-decoding] {name} {kind} seed {seed}: {cfg.steps} steps")
                 runs.append(_one(cfg, kind, seed, vocab, train_ds, train, test))
             r0 = runs[0]
             per_kind[kind] = r0
@@ -223,37 +189,35 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
             m = {k: sum(s[k] for s in sc) / len(sc) for k in sc[0]}
             first, last = (sum(p[i] for p in pos) / len(pos) for i in (0, 1))
             key = f"{name}_{kind}"
-            for metric in ("rouge1", "rouge2", "rougeL", "bleu"):
-                res.metric(
-                    f"{key}_{metric}", m[metric], f"{name} {kind}: {metric} (mean over seeds)"
-                )
-            res.metric(
-                f"{key}_first4_acc", first, f"{name} {kind}: accuracy of the first 4 characters"
-            )
-            res.metric(
-                f"{key}_last4_acc", last, f"{name} {kind}: accuracy of the last 4 characters"
-            )
-            res.metric(
-                f"{key}_loss_start",
-                r0["loss0"],
-                f"{name} {kind}: training loss on 64 pairs, before",
-            )
-            res.metric(f"{key}_loss_end", r0["loss1"], f"{name} {kind}: the same after training")
-            res.metric(
-                f"{key}_test_loss",
-                r0["test_loss"],
-                f"{name} {kind}: teacher-forced loss on 64 eval pairs",
-            )
-            res.metric(
-                f"{key}_train_s",
-                r0["train_s"],
-                f"{name} {kind}: training seconds (seed {cfg.seeds[0]})",
-            )
-            main_rows.append([name, kind, f"{100 * m['rouge1']:.1f}", f"{100 * m['rouge2']:.1f}",
-                              f"{100 * m['rougeL']:.1f}", f"{100 * m['bleu']:.1f}", f"{100 * first:.1f}",
-                              f"{100 * last:.1f}", f"{r0['loss1']:.3f}", f"{r0['test_loss']:.3f}",
-                              f"{r0['params'] / 1e6:.2f}M", f"{r0['train_s']:.0f}",
-                              f"{100 * r0['r2l_share']:.0f}%" if kind == "bidirectional" else "—"])  # fmt: skip
+            # fmt: off
+            for suffix, value, label in (
+                *((mt, m[mt], f"{mt} (mean over seeds)") for mt in ("rouge1", "rouge2", "rougeL", "bleu")),
+                ("first4_acc", first, "accuracy of the first 4 characters"),
+                ("last4_acc", last, "accuracy of the last 4 characters"),
+                ("loss_start", r0["loss0"], "training loss on 64 pairs, before"),
+                ("loss_end", r0["loss1"], "the same after training"),
+                ("test_loss", r0["test_loss"], "teacher-forced loss on 64 eval pairs"),
+                ("train_s", r0["train_s"], f"training seconds (seed {cfg.seeds[0]})"),
+            ):
+                res.metric(f"{key}_{suffix}", value, f"{name} {kind}: {label}")
+            # fmt: on
+            main_rows.append(
+                [
+                    name,
+                    kind,
+                    f"{100 * m['rouge1']:.1f}",
+                    f"{100 * m['rouge2']:.1f}",
+                    f"{100 * m['rougeL']:.1f}",
+                    f"{100 * m['bleu']:.1f}",
+                    f"{100 * first:.1f}",
+                    f"{100 * last:.1f}",
+                    f"{r0['loss1']:.3f}",
+                    f"{r0['test_loss']:.3f}",
+                    f"{r0['params'] / 1e6:.2f}M",
+                    f"{r0['train_s']:.0f}",
+                    f"{100 * r0['r2l_share']:.0f}%" if kind == "bidirectional" else "—",
+                ]
+            )  # fmt: skip
             curves[(name, kind)] = recipe.position_curve(r0["hyps"], refs, long_refs)
         main_rows.append([name, "lead baseline", f"{100 * lead['rouge1']:.1f}", f"{100 * lead['rouge2']:.1f}",
                           f"{100 * lead['rougeL']:.1f}", f"{100 * lead['bleu']:.1f}", "", "", "", "", "", "",
@@ -273,20 +237,15 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
                         f"{100 * res.metrics[f'{name}_bidirectional_rougeL']:.1f} (bidirectional, {gap * 100:+.1f})")  # fmt: skip
 
     split = "training pairs (memorisation check)" if cfg.eval_split == "train" else "test pairs"
-    res.headline = (
-        "; ".join(headline)
-        + f" — {len(cfg.seeds)} seed(s), {cfg.steps} steps each, scored on {split}"
-    )
+    tail_txt = f" — {len(cfg.seeds)} seed(s), {cfg.steps} steps each, scored on {split}"
+    res.headline = "; ".join(headline) + tail_txt
     res.table("Title generation (character level, %)",
               ["set", "model", "R-1", "R-2", "R-L", "BLEU", "first-4 acc", "last-4 acc", "train loss",
                "eval loss (teacher-forced)", "params", "train s", "R2L wins"], main_rows,
               caption="first/last-4: character accuracy at the first and last 4 positions, references "
               ">= 8 characters; losses on 64 fixed pairs; bidirectional loss = mean of both directions")  # fmt: skip
-    res.table(
-        "ROUGE-L / BLEU by reference length (%)",
-        ["set", "reference length", "pairs", "L2R R-L", "L2R BLEU", "bi R-L", "bi BLEU"],
-        length_rows,
-    )
+    cols = ["set", "reference length", "pairs", "L2R R-L", "L2R BLEU", "bi R-L", "bi BLEU"]
+    res.table("ROUGE-L / BLEU by reference length (%)", cols, length_rows)
     res.table("Sample outputs", ["set", "source", "reference", "L2R", "bidirectional"], sample_rows)
     claim = rank_claim("bidirectional", tail["bidirectional"], "L2R", tail["l2r"])
     n = min(len(tail["l2r"]), len(tail["bidirectional"]))
@@ -303,13 +262,12 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
     for j, name in enumerate(cfg.datasets):
         ax = axes[0, j]
         for kind in KINDS:
-            ax.plot(range(-4, 4), curves[(name, kind)], marker="o", label=kind)
-        ax.set_xticks(range(-4, 4), ["1", "2", "3", "4", "-4", "-3", "-2", "-1"])
+            ax.plot(range(8), curves[(name, kind)], marker="o", label=kind)
+        ax.set_xticks(range(8), ["1", "2", "3", "4", "-4", "-3", "-2", "-1"])
         ax.set(title=name, xlabel="position (from start | from end)", ylabel="character accuracy")
         ax.legend()
-    res.plot(
-        save(fig, out_dir / "position_accuracy.png"), "per-position accuracy, references >= 8 chars"
-    )
+    caption = "per-position accuracy, references >= 8 chars"
+    res.plot(save(fig, out_dir / "position_accuracy.png"), caption)
     res.note("Leak: the bidirectional model's teacher-forced loss uses gold tokens of the other direction, "
              "so compare its 'eval loss' with generation quality, not with the L2R loss: at test time the "
              "context comes from its own predictions. Mitigation (pseudo targets) is available as "

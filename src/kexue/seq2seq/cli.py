@@ -49,6 +49,9 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--max-tgt-len", type=int, default=32)
     t.add_argument("--max-train", type=int, default=0, help="first N training pairs (0: all)")
     t.add_argument("--min-freq", type=int, default=1, help="keep characters seen this often")
+    t.add_argument(
+        "--ckpt-every", type=int, default=500, help="checkpoint every N steps (and at the end)"
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
@@ -97,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     for flag, minimum in (("steps", 1), ("batch_size", 1), ("embed_dim", 1), ("num_heads", 1),
                           ("layers", 1), ("max_src_len", 1), ("max_tgt_len", 1), ("max_train", 0),
-                          ("min_freq", 1), ("source_col", 0), ("target_col", 0)):  # fmt: skip
+                          ("min_freq", 1), ("source_col", 0), ("target_col", 0), ("ckpt_every", 1)):  # fmt: skip
         check_positive_int(getattr(args, flag), "--" + flag.replace("_", "-"), minimum)
     if not math.isfinite(args.lr) or args.lr <= 0:
         raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
@@ -135,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                              encoder_layers=args.layers, decoder_layers=args.layers, copy_prior=True)  # fmt: skip
     hist = recipe.fit(model, ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       warmup=min(100, max(1, args.steps // 10)), seed=args.seed, out_dir=out,
-                      ckpt_every=max(1, args.steps // 4), resume=args.resume,
+                      ckpt_every=args.ckpt_every, resume=args.resume,
                       progress=not args.no_progress)  # fmt: skip
     extra = {"max_src_len": args.max_src_len, "max_tgt_len": args.max_tgt_len}
     recipe.save_model(out, model, vocab, extra)

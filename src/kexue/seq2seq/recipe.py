@@ -204,9 +204,10 @@ def generate_ids(
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     out: list[dict[str, Any]] = [{} for _ in sources]
     bi = isinstance(model, BidirectionalSeq2Seq)
+    device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        src = pad_batch([sources[i] for i in idx], model.config.pad_id)
+        src = pad_batch([sources[i] for i in idx], model.config.pad_id).to(device)
         if bi:
             res = bidirectional_beam_search(
                 model, src, beam_size=beam_size, max_len=max_len, stop=stop, banned=(1,)

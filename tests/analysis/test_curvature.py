@@ -231,3 +231,21 @@ def test_linear_loss_has_zero_curvature():
     lin = lambda m, b: b[1] @ m.flat()  # noqa: E731
     assert hessian_top_eigenvalue(model, lin, batch).eigenvalue == 0.0
     assert hessian_trace(model, lin, batch, samples=3).value == 0.0
+
+
+def test_init_start_vector_and_its_validation():
+    model, batch = _quad(6, 2)
+    A = batch[0]
+    _, vecs = torch.linalg.eigh(A)
+    top = vecs[:, -1] * 3.0  # the top eigenvector (unnormalised): converges at once
+    k = model.w.numel()
+    res = hessian_top_eigenvalue(
+        model, quadratic_loss, batch, iters=50, tol=1e-12, init=[top[:k].reshape(k, 1), top[k:]]
+    )
+    assert res.iterations == 2 and res.eigenvalue == pytest.approx(5.0, rel=1e-10)
+    with pytest.raises(ValueError, match="init must have a finite, non-zero norm"):
+        hessian_top_eigenvalue(
+            model, quadratic_loss, batch, init=[torch.zeros(k, 1), torch.zeros(6 - k)]
+        )
+    with pytest.raises(ValueError, match="init must have 2 tensors"):
+        hessian_top_eigenvalue(model, quadratic_loss, batch, init=[top])

@@ -128,19 +128,19 @@ def _hvp_operator(obj: Objective, method: str) -> Callable[[Vec], Vec]:
     return hvp_func
 
 
-def _check_vector(vector: Any, params: Vec) -> Vec:
+def _check_vector(vector: Any, params: Vec, name: str = "vector") -> Vec:
     if isinstance(vector, torch.Tensor) or not isinstance(vector, Sequence):
-        raise TypeError("vector must be a sequence of tensors, one per trainable parameter")
+        raise TypeError(f"{name} must be a sequence of tensors, one per trainable parameter")
     if len(vector) != len(params):
         raise ValueError(
-            f"vector must have {len(params)} tensors (one per trainable parameter), got {len(vector)}"
+            f"{name} must have {len(params)} tensors (one per trainable parameter), got {len(vector)}"
         )
     out = []
     for i, (v, p) in enumerate(zip(vector, params)):
         if not isinstance(v, torch.Tensor):
-            raise TypeError(f"vector[{i}] must be a tensor, got {type(v).__name__}")
+            raise TypeError(f"{name}[{i}] must be a tensor, got {type(v).__name__}")
         if v.shape != p.shape:
-            raise ValueError(f"vector[{i}] must have shape {tuple(p.shape)}, got {tuple(v.shape)}")
+            raise ValueError(f"{name}[{i}] must have shape {tuple(p.shape)}, got {tuple(v.shape)}")
         out.append(v.detach().to(p.device, p.dtype))
     return out
 
@@ -201,6 +201,7 @@ def _power_iteration(
 def hessian_top_eigenvalue(
     model: nn.Module, loss_fn: LossFn, batch: Any, *, iters: int = 100, tol: float = 1e-4,
     method: str = "autograd", generator: torch.Generator | None = None,
+    init: Sequence[torch.Tensor] | None = None,
 ) -> HessianEigen:  # fmt: skip
     r"""Largest eigenvalue :math:`\lambda_{\max}` of the minibatch Hessian by power iteration.
 
@@ -214,6 +215,9 @@ def hessian_top_eigenvalue(
         method: ``"autograd"`` (fast: double backward on a retained graph) or ``"func"``.
         generator: CPU generator for the random start vector (default: seeded with 0, so the
             estimate is deterministic and the global RNG is not consumed).
+        init: optional start vector, one tensor per trainable parameter (normalised here; e.g.
+            to start from the same vector as another implementation). Overrides ``generator``
+            for the first pass.
 
     Returns:
         A :class:`HessianEigen`.
@@ -228,9 +232,17 @@ def hessian_top_eigenvalue(
     obj = Objective(model, loss_fn, batch)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
+    if init is None:
+        v0 = _random_unit(obj.params, generator)
+    else:
+        v0 = _check_vector(init, obj.params, "init")
+        norm = math.sqrt(_dot(v0, v0))
+        if not 0 < norm < math.inf:
+            raise ValueError(f"init must have a finite, non-zero norm, got {norm}")
+        v0 = [t / norm for t in v0]
     with preserved_model_state(model), obj.frozen_statistics():
         hvp = _hvp_operator(obj, method)
-        mu, v, n, ok = _power_iteration(hvp, _random_unit(obj.params, generator), iters, tol)
+        mu, v, n, ok = _power_iteration(hvp, v0, iters, tol)
         if mu < 0:  # dominant eigenvalue is negative: shift so lambda_max becomes dominant
             top, v, n2, ok2 = _power_iteration(
                 hvp, _random_unit(obj.params, generator), iters, tol, shift=mu

@@ -250,7 +250,7 @@ def test_cache_resumes_an_unfinished_run_then_reuses_it(tmp_path, monkeypatch):
     import kexue.lm.pretraining as pt
 
     monkeypatch.setattr(
-        pt, "_texts", lambda split, limit: texts[0] if split == "train" else texts[1]
+        pt, "chinese_texts", lambda split, limit=0: texts[0] if split == "train" else texts[1]
     )
     target = tmp_path / "cache" / "lm" / f"tiny-bert-{cfg.key()}"
     pretrain(cfg, target, progress=False, texts=texts)  # as if killed before the marker

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kexue.lm.pretraining import PretrainConfig, _texts, evaluate_mlm, pretrain
+from kexue.lm.pretraining import PretrainConfig, chinese_texts, evaluate_mlm, pretrain
 
 _FIELDS = {  # flag -> PretrainConfig field
     "hidden_size": "hidden", "num_layers": "layers", "num_heads": "heads", "max_len": "max_len",
@@ -89,6 +89,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.max_len < 3 or args.max_texts < 0:
         raise ValueError("--max-len must be >= 3 and --max-texts >= 0")
     model, tok = load_pretrained(args.model)
-    res = evaluate_mlm(model, tok, _texts("valid", args.max_texts), max_len=args.max_len)
+    res = evaluate_mlm(model, tok, chinese_texts("valid", args.max_texts), max_len=args.max_len)
     print(json.dumps(res))
     return 0

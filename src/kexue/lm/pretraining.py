@@ -42,6 +42,7 @@ __all__ = [
     "PretrainConfig",
     "cache_dir",
     "cached_pretrained",
+    "chinese_texts",
     "evaluate_mlm",
     "mask_tokens",
     "pack_texts",
@@ -218,7 +219,8 @@ def mask_tokens(
     return inputs, labels
 
 
-def _texts(split: str, limit: int) -> list[str]:
+def chinese_texts(split: str, limit: int = 0) -> list[str]:
+    """``kexue.data.load("chinese-text", split)``, the first ``limit`` texts (0 = all)."""
     from kexue import data
 
     texts = data.load("chinese-text", split)
@@ -316,7 +318,7 @@ def pretrain(
 
     out = Path(out_dir)
     seed_everything(cfg.seed)
-    train_texts = _texts("train", cfg.max_texts) if texts is None else list(texts[0])
+    train_texts = chinese_texts("train", cfg.max_texts) if texts is None else list(texts[0])
     tokenizer = build_tokenizer(train_texts, min_freq=cfg.min_freq, max_size=cfg.max_vocab or None)
     chunks = pack_texts([encode_chars(tokenizer, t) for t in train_texts], cfg.max_len - 2)
     bert_cfg = tiny_bert_config(
@@ -403,7 +405,7 @@ def pretrain(
         if line.strip()
     ]
     train_losses = [r["loss"] for r in losses if r.get("event") == "train"]
-    valid = _texts("valid", cfg.valid_texts) if texts is None else list(texts[1])
+    valid = chinese_texts("valid", cfg.valid_texts) if texts is None else list(texts[1])
     ev = evaluate_mlm(bare, tokenizer, valid, max_len=cfg.max_len, mask_prob=cfg.mask_prob)
     result = {
         "history": {k: history[k] for k in ("steps", "wall_time", "train", "tokens_per_s")},

@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 report: setup
-	$(VENV)/bin/kexue report --scale quick --out report/
+	$(VENV)/bin/kexue report --scale quick --out report/ --overwrite
 
 # after `make report`: rewrite the README's results blocks (and docs/results/ snapshots) from it
 readme: setup

@@ -110,3 +110,17 @@ def test_report_failure_message_with_markup_is_escaped(tmp_path):
     page = (tmp_path / "index.html").read_text()
     assert "unknown config key" in page and "<img" not in page
     assert "&#x27;&lt;img src&#x27;" in page  # the key up to its first "=", escaped
+
+
+def test_an_earlier_run_is_kept_unless_overwrite(tmp_path):
+    out = tmp_path / "ig"
+    args = ("reproduce", "init-geometry", "--out", str(out), "--no-progress", "depth=3", "nets=1")
+    assert run(*args).returncode == 0
+    stamp = (out / "results.json").read_text()
+    r = run(*args)
+    assert r.returncode == 2 and "holds an earlier run; pass --overwrite" in r.stderr
+    assert (out / "results.json").read_text() == stamp  # untouched
+    (out / "stale.txt").write_text("from the earlier run")
+    r = run(*args, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert not (out / "stale.txt").exists()  # the earlier run directory was replaced whole

@@ -65,7 +65,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out)
     for name in names:
         run_dir = out / name if len(names) > 1 else out
-        res = reproduce(name, args.scale, run_dir, overrides, progress=not args.no_progress)
+        res = reproduce(name, args.scale, run_dir, overrides, not args.no_progress, args.overwrite)
         print(f"{name}: {res.headline}")
         print(f"  -> {run_dir}/results.json ({res.provenance.wall_time_s:.1f} s)")
     return 0
@@ -84,7 +84,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for name in names:
         print(f"== {name} ({args.scale})", flush=True)
         try:
-            res = reproduce(name, args.scale, out / name, overrides, progress=not args.no_progress)
+            res = reproduce(
+                name, args.scale, out / name, overrides, not args.no_progress, args.overwrite
+            )
             print(f"   {res.headline} [{res.provenance.wall_time_s:.0f} s]", flush=True)
         except Exception as exc:  # one failing experiment must not hide the others
             failures[name] = f"{type(exc).__name__}: {exc}"
@@ -155,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         s.add_argument("--out", help="output directory (default: runs/ or report/)")
         s.add_argument("--no-progress", action="store_true", help="no progress bars")
+        s.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace an earlier run in the output directory",
+        )
         s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     s = sub.add_parser(

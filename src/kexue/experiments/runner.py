@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import shutil
 import sys
 import time
 import typing
@@ -106,11 +107,15 @@ def reproduce(
     out_dir: str | Path = "runs",
     overrides: dict[str, str] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Result:
     """Run experiment ``name`` at ``scale`` into ``out_dir`` and return its :class:`Result`.
 
     Writes ``out_dir/results.json``, ``out_dir/config.json`` and ``out_dir/section.md``; the
-    experiment itself writes its plots into ``out_dir``. Refuses an ``out_dir`` that is a file.
+    experiment itself writes its plots into ``out_dir``. Refuses an ``out_dir`` that is a file,
+    and one that holds an earlier run (``config.json`` or ``results.json``) unless ``overwrite``,
+    in which case the earlier run directory is removed first, so nothing of it (checkpoints,
+    metrics) mixes with the new run.
     """
     from kexue.report.markdown import render_section  # report sits beside, not below, experiments
 
@@ -120,14 +125,16 @@ def reproduce(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
+    if (out / "config.json").exists() or (out / "results.json").exists():
+        if not overwrite:
+            raise ValueError(f"--out {out} holds an earlier run; pass --overwrite to replace it")
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     config = dataclasses.asdict(cfg)
     atomic_write_json(out / "config.json", config)
     t0 = time.perf_counter()
     res = module.run(cfg, out, progress=progress)
     wall = time.perf_counter() - t0
-    if isinstance(res, dict):  # TODO(issue 8): legacy dict results, until every experiment is typed
-        res = _legacy(res)
     if not isinstance(res, Result):
         raise TypeError(f"{module.__name__}.run() must return kexue.report.Result, got {type(res)}")
     res.provenance = Provenance(
@@ -144,7 +151,3 @@ def reproduce(
     atomic_write_json(out / "results.json", res.to_json())
     atomic_write_text(out / "section.md", render_section(res))
     return res
-
-
-def _legacy(d: dict[str, Any]) -> Result:
-    return Result.from_json(d, source="legacy results")

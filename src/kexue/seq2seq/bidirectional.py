@@ -12,7 +12,10 @@ attends to the other direction's states **up to the same step**:
     c^{r2l}_n = \mathrm{Attn}(h^{r2l}_n;\ H^{l2r}_{1..n}),\qquad
     p(\cdot) = \mathrm{softmax}\big(W\,\mathrm{LN}(h_n + c_n)\big)
 
-(multi-head, causal over step indices; encoder attention is inside the decoder blocks). Training
+(multi-head, causal over step indices; encoder attention is inside the decoder blocks).
+Deviations from Su's Keras model: Transformer decoder stacks instead of his LSTMs, and the output
+feature is :math:`\mathrm{LN}(h_n + c_n)` instead of a dense layer over :math:`[h_n; c_n;
+\mathrm{Attn}(h_n, X)]` (the same information, in residual form). Training
 is teacher-forced in both directions: L2R input ``[S, y_1..y_T]`` -> ``[y_1..y_T, E]``, R2L input
 ``[E, y_T..y_1]`` -> ``[y_T..y_1, S]`` (Su's mirrored start/end ids), and
 :math:`\mathcal L = \tfrac12(\mathrm{CE}_{l2r} + \mathrm{CE}_{r2l})`.

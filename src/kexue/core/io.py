@@ -137,3 +137,23 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def check_out_dir(out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """The rule every ``--out`` of a training command follows; returns ``Path(out)``.
+
+    Refuses (``ValueError``, naming ``--out``) a path that is a file, ``resume`` together with
+    ``overwrite``, and a non-empty directory unless one of them is given: a user's earlier run
+    is never replaced without ``--overwrite``. Deleting or resuming is left to the caller.
+    """
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} exists and is not a directory")
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if path.is_dir() and any(path.iterdir()) and not (resume or overwrite):
+        raise ValueError(
+            f"--out {path} already exists and is not empty; pass --overwrite to replace it "
+            "or --resume to continue an interrupted run"
+        )
+    return path

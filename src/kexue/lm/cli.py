@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from pathlib import Path
 from typing import Any
 
+from kexue.core.io import check_out_dir
 from kexue.lm.pretraining import PretrainConfig, chinese_texts, evaluate_mlm, pretrain
 
 _FIELDS = {  # flag -> PretrainConfig field
@@ -62,13 +62,7 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Handler of ``kexue lm pretrain``."""
     cfg = PretrainConfig(**{f: getattr(args, a) for f, a in _FIELDS.items()})
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    if args.resume and args.overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
-    if out.is_dir() and any(out.iterdir()) and not (args.resume or args.overwrite):
-        raise ValueError(f"--out {out} is not empty; pass --resume to continue or --overwrite")
+    out = check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume and not (out / "trainer" / "checkpoints").is_dir():
         raise FileNotFoundError(f"--resume: no checkpoints under {out / 'trainer'}")
     if args.overwrite and out.is_dir():

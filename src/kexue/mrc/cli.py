@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kexue.core.io import check_out_dir
 from kexue.mrc.recipe import (
     KINDS,
     evaluate,
@@ -138,13 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be >= 0, got {args.limit}")
     if not 0 < args.lr < 1:
         raise ValueError(f"--lr must be in (0, 1), got {args.lr}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    if args.resume and args.overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
-    if out.is_dir() and any(out.iterdir()) and not (args.resume or args.overwrite):
-        raise ValueError(f"--out {out} is not empty; pass --resume to continue or --overwrite")
+    out = check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume and not (out / "train" / "checkpoints").is_dir():
         raise FileNotFoundError(f"--resume: no checkpoints under {out / 'train'}")
     source = args.train or args.data

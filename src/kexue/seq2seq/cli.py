@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kexue.core.checks import check_positive_int
+from kexue.core.io import check_out_dir
 from kexue.seq2seq import recipe
 
 DATASETS = ("lcsts", "csl")
@@ -108,15 +109,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--embed-dim {args.embed_dim} must be divisible by --num-heads {args.num_heads}"
         )
-    if args.resume and args.overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
     if args.dev and not args.train:
         raise ValueError("--dev needs --train")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (args.resume or args.overwrite):
-        raise ValueError(f"--out {out} is not empty; pass --overwrite to replace it or --resume")
+    out = check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume and not (out / "train" / "checkpoints").is_dir():
         raise ValueError(f"--resume: no checkpoints in {out / 'train'}")
     if args.data:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kexue.core.checks import check_positive_int
-from kexue.core.io import atomic_write_text
+from kexue.core.io import atomic_write_text, check_out_dir
 from kexue.core.seed import seed_everything
 from kexue.tagging.encoders import POSITIONS
 from kexue.tagging.recipe import (
@@ -139,17 +139,7 @@ def _validate(args: argparse.Namespace) -> None:
             check_positive_int(value, "--" + flag.replace("_", "-"), minimum)
     if not math.isfinite(args.lr) or args.lr <= 0:
         raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
-    if args.resume and args.overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    used = out.is_dir() and any(out.iterdir())
-    if used and not (args.resume or args.overwrite):
-        raise ValueError(
-            f"--out {out} already exists and is not empty; pass --overwrite to replace it "
-            "or --resume to continue an interrupted run"
-        )
+    out = check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume and not (out / "train" / "checkpoints").is_dir():
         raise ValueError(f"--resume: no checkpoints in {out / 'train'} to continue from")
 

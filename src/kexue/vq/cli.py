@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from kexue.core.checks import check_positive_int
+from kexue.core.io import check_out_dir
 from kexue.core.seed import seed_everything
 from kexue.vq.pixelcnn import PixelCNNPrior
 from kexue.vq.recipe import (
@@ -121,17 +122,7 @@ def _validate_train(args: argparse.Namespace) -> Path:
         raise ValueError(f"--size {args.size} must be divisible by 2**--downsample")
     if args.data == "mnist" and (args.size != 28 or args.channels != 1):
         raise ValueError("--data mnist is 28x28 grey: drop --size/--channels")
-    if args.resume and args.overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    used = out.is_dir() and any(out.iterdir())
-    if used and not (args.resume or args.overwrite):
-        raise ValueError(
-            f"--out {out} already exists and is not empty; pass --overwrite to replace it "
-            "or --resume to continue an interrupted run"
-        )
+    out = check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume and not (out / "model.json").is_file():
         raise ValueError(f"--resume: no model.json in {out} to continue from")
     return out

@@ -26,16 +26,17 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from kexue.mrc.features import char_ids, collate, normalize_passage, special_ids, windows
-from kexue.mrc.reader import PassageConstraint, _pick, best_answer, check_question
+from kexue.core.checks import check_positive_int
+from kexue.mrc.features import char_ids, collate, normalize_passage, windows
+from kexue.mrc.reader import (
+    PassageConstraint,
+    _pick,
+    best_answer,
+    check_question,
+    set_reader_limits,
+)
 
 __all__ = ["ARReader", "SpanReader", "bert_incremental", "unilm_mask"]
-
-
-def _check_len(name: str, v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    return v
 
 
 def _find(sub: list[int], seq: list[int]) -> int:
@@ -61,23 +62,11 @@ class _WindowReader:
         stride: int | None,
         extra_positions: int,
     ) -> None:
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model, self.tokenizer = model, tokenizer
-        self.ids = special_ids(tokenizer)
-        self.max_answer_len = _check_len("max_answer_len", max_answer_len)
-        self.max_question_len = _check_len("max_question_len", max_question_len)
-        self.max_passage_len = _check_len("max_passage_len", max_passage_len)
-        stride = max(1, max_passage_len // 2) if stride is None else stride
-        self.stride = _check_len("stride", stride)
-        if stride > max_passage_len:
-            raise ValueError(f"stride ({stride}) must be <= max_passage_len ({max_passage_len})")
-        longest = max_question_len + max_passage_len + 2 + extra_positions
-        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        if positions is not None and longest > positions:
-            raise ValueError(
-                f"inputs of up to {longest} tokens do not fit the model's {positions} positions"
-            )
+        set_reader_limits(
+            self, model, tokenizer, max_answer_len=max_answer_len,
+            max_question_len=max_question_len, max_passage_len=max_passage_len, stride=stride,
+            longest=max_question_len + max_passage_len + 2 + extra_positions,
+        )  # fmt: skip
 
     def _windows(self, question: str, passage: str) -> list[tuple[list[int], list[int], list[int]]]:
         """``(question ids (<= max_q - 1), window passage ids, window char offsets)``."""
@@ -106,7 +95,7 @@ class _WindowReader:
         self, queries: Sequence[tuple[str, Sequence[str]]], batch_size: int = 32
     ) -> list[list[tuple[str, float]]]:
         """Per query, ``(answer, score)`` of every passage window (before voting)."""
-        _check_len("batch_size", batch_size)
+        check_positive_int(batch_size, "batch_size", type_error=ValueError)
         flat = []
         for qi, (question, passages) in enumerate(queries):
             for p in check_question(question, passages):

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from kexue.core.checks import check_positive_int
 from kexue.mrc.features import (
     Encoded,
     build_inputs,
@@ -225,10 +226,36 @@ def check_question(question: object, passages: object) -> list[str]:
     return list(passages)
 
 
-def _check_len(name: str, v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    return v
+def set_reader_limits(
+    reader: Any, model: Any, tokenizer: Any, *, max_answer_len: int, max_question_len: int,
+    max_passage_len: int, stride: int | None, longest: int,
+) -> None:  # fmt: skip
+    """Validate and store what every reader shares: model, tokenizer, special ids, length caps,
+    window stride (default half a window); ``longest`` (the longest input the reader builds, in
+    tokens) must fit the model's position embeddings."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    reader.model, reader.tokenizer = model, tokenizer
+    reader.ids = special_ids(tokenizer)
+    reader.max_answer_len = check_positive_int(
+        max_answer_len, "max_answer_len", type_error=ValueError
+    )
+    reader.max_question_len = check_positive_int(
+        max_question_len, "max_question_len", type_error=ValueError
+    )
+    reader.max_passage_len = check_positive_int(
+        max_passage_len, "max_passage_len", type_error=ValueError
+    )
+    stride = max(1, max_passage_len // 2) if stride is None else stride
+    reader.stride = check_positive_int(stride, "stride", type_error=ValueError)
+    if stride > max_passage_len:
+        raise ValueError(f"stride ({stride}) must be <= max_passage_len ({max_passage_len})")
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if positions is not None and longest > positions:
+        raise ValueError(
+            f"inputs of up to {longest} tokens do not fit the model's {positions} positions;"
+            " lower max_passage_len / max_question_len / max_answer_len"
+        )
 
 
 def _check_model_dir(path: str | os.PathLike) -> None:
@@ -272,25 +299,12 @@ class MLMReader:
         stride: int | None = None,
         constrained: bool = True,
     ) -> None:
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model, self.tokenizer = model, tokenizer
-        self.ids = special_ids(tokenizer)
-        self.max_answer_len = _check_len("max_answer_len", max_answer_len)
-        self.max_question_len = _check_len("max_question_len", max_question_len)
-        self.max_passage_len = _check_len("max_passage_len", max_passage_len)
-        stride = max(1, max_passage_len // 2) if stride is None else stride
-        self.stride = _check_len("stride", stride)
-        if stride > max_passage_len:
-            raise ValueError(f"stride ({stride}) must be <= max_passage_len ({max_passage_len})")
+        set_reader_limits(
+            self, model, tokenizer, max_answer_len=max_answer_len,
+            max_question_len=max_question_len, max_passage_len=max_passage_len, stride=stride,
+            longest=max_answer_len + max_question_len + max_passage_len + 3,
+        )  # fmt: skip
         self.constrained = bool(constrained)
-        longest = max_answer_len + max_question_len + max_passage_len + 3
-        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        if positions is not None and longest > positions:
-            raise ValueError(
-                f"inputs of up to {longest} tokens do not fit the model's {positions} positions;"
-                " lower max_passage_len / max_question_len / max_answer_len"
-            )
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> MLMReader:
@@ -409,7 +423,7 @@ class MLMReader:
         for qi, (question, passages) in enumerate(queries):
             for p in check_question(question, passages):
                 flat += [(qi, enc, p) for enc, _ in self.encode(question, p)]
-        _check_len("batch_size", batch_size)
+        check_positive_int(batch_size, "batch_size", type_error=ValueError)
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from kexue.core.io import atomic_write_json, atomic_write_text
+from kexue.report.build import load_results
 from kexue.report.markdown import COMPARISON_COLUMNS, comparison_rows, fmt, table_md
 from kexue.report.result import Result
 
@@ -80,9 +81,8 @@ def update_readme(readme: str | Path, results_dir: str | Path, snapshots: str | 
     text = readme.read_text(encoding="utf-8")
     found: dict[tuple[str, str], Result] = {}
     for path in sorted(results_dir.glob("*/results.json")):
-        res = Result.from_json(json.loads(path.read_text(encoding="utf-8")), source=str(path))
-        if res.provenance is not None:
-            found[(res.provenance.name, res.provenance.scale)] = res
+        res = load_results(path.parent)  # validated, a corrupt file named; provenance required
+        found[(res.provenance.name, res.provenance.scale)] = res
     updated: list[str] = []
 
     def repl(m: re.Match) -> str:

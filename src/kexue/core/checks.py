@@ -99,3 +99,13 @@ def check_positive_int(
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_config_int(value: object, name: str, minimum: int = 1) -> int:
+    """A config field that must be an int ``>= minimum``: ``ValueError`` (bools rejected).
+
+    The one message every experiment ``Config`` uses: ``"depth must be an int >= 1, got -3"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value

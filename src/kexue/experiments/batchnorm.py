@@ -29,6 +29,7 @@ from kexue.analysis.recipe import (
     summarize,
     train_with_probes,
 )
+from kexue.core.checks import check_config_int
 from kexue.core.threads import num_threads
 from kexue.report.plots import figure, save
 from kexue.report.result import Result, mean_std
@@ -70,9 +71,7 @@ class Config:
         mins = {"steps": 1, "batch_size": 2, "n_train": 2, "n_test": 1, "log_every": 1,
                 "probe_every": 1, "probe_batch": 2, "eig_iters": 1, "sweep_steps": 1, "threads": 0}  # fmt: skip
         for name, lo in mins.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"Config.{name} must be an int >= {lo}, got {v!r}")
+            check_config_int(getattr(self, name), f"Config.{name}", lo)
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
             raise ValueError(f"Config.seeds must be a non-empty tuple of ints, got {self.seeds!r}")
         for name in ("lrs", "sweep_lrs", "multipliers"):

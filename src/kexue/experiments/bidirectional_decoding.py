@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from kexue import data
+from kexue.core.checks import check_config_int
 from kexue.core.seed import seed_everything
 from kexue.core.threads import num_threads
 from kexue.report.plots import figure, save
@@ -70,14 +71,10 @@ class Config:
         if self.eval_split not in ("test", "train"):
             raise ValueError(f"eval_split must be 'test' or 'train', got {self.eval_split!r}")
         for name in ("train_size", "test_size", "samples", "threads"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+            check_config_int(getattr(self, name), name, 0)
         for name in ("max_src_len", "max_tgt_len", "embed_dim", "num_heads", "layers", "steps",
                      "batch_size", "warmup", "beam_size"):  # fmt: skip
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            check_config_int(getattr(self, name), name, 1)
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from kexue.core.checks import check_config_int
 from kexue.core.seed import seed_everything
 from kexue.core.threads import num_threads
 from kexue.init import angle_pdf, angle_variance
@@ -72,12 +73,8 @@ class Config:
                     raise ValueError(
                         f"{f.name} must be a non-empty tuple of ints >= {low}, got {v!r}"
                     )
-            elif (
-                isinstance(v, bool) or not isinstance(v, int) or v < (0 if f.name == "seed" else 1)
-            ):
-                raise ValueError(
-                    f"{f.name} must be an int >= {0 if f.name == 'seed' else 1}, got {v!r}"
-                )
+            else:
+                check_config_int(v, f.name, 0 if f.name == "seed" else 1)
         if self.mc_samples < 2:
             raise ValueError(
                 f"mc_samples must be >= 2 (a standard error needs two), got {self.mc_samples}"

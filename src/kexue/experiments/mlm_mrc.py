@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kexue.core.checks import check_config_int
 from kexue.core.seed import seed_everything
 from kexue.core.threads import num_threads
 from kexue.lm import PretrainConfig, cached_pretrained
@@ -71,13 +72,9 @@ class Config:
             "speed_questions"
         ).split()
         for name in ints:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            check_config_int(getattr(self, name), name, 1)
         for name in ("lm_max_texts", "train_max", "eval_max", "warmup", "threads", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+            check_config_int(getattr(self, name), name, 0)
         for name in ("lm_lr", "lr"):
             v = getattr(self, name)
             if not isinstance(v, int | float) or not 0 < v < 1:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from kexue.core.checks import check_config_int
 from kexue.core.threads import num_threads
 from kexue.core.timing import ratio_text
 from kexue.optim.recipe import (
@@ -96,14 +97,8 @@ class Config:
                     raise ValueError(
                         f"{f.name} must be in {'(0, 1]' if f.name == 'alpha' else '[0, 1]'}, got {v!r}"
                     )
-            elif (
-                isinstance(v, bool)
-                or not isinstance(v, int)
-                or v < (0 if f.name == "threads" else 1)
-            ):
-                raise ValueError(
-                    f"{f.name} must be an int >= {0 if f.name == 'threads' else 1}, got {v!r}"
-                )
+            else:
+                check_config_int(v, f.name, 0 if f.name == "threads" else 1)
 
 
 PRESETS = {

@@ -33,6 +33,7 @@ from kexue.attention.functional import (
 )
 from kexue.attention.lm import ngram_bpc
 from kexue.attention.recipe import LMSetup, char_corpus, train_char_lm
+from kexue.core.checks import check_config_int
 from kexue.core.threads import num_threads
 from kexue.core.timing import ratio_text
 from kexue.report import Result
@@ -83,8 +84,7 @@ class Config:
                         f"{f.name} must be {'> 0' if f.name == 'lr' else 'in [0, 1)'}, got {v!r}"
                     )
             elif f.name in ("seed", "threads"):
-                if not isinstance(v, int) or v < 0:
-                    raise ValueError(f"{f.name} must be an int >= 0, got {v!r}")
+                check_config_int(v, f.name, 0)
             elif f.name == "bench_memory":
                 if not isinstance(v, bool):
                     raise ValueError(f"bench_memory must be a bool, got {v!r}")
@@ -97,8 +97,8 @@ class Config:
             elif f.name == "bench_sizes":
                 if not v or any(not isinstance(n, int) or n < 2 for n in v):
                     raise ValueError(f"bench_sizes must be ints >= 2, got {v!r}")
-            elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{f.name} must be an int >= 1, got {v!r}")
+            else:
+                check_config_int(v, f.name, 1)
         if self.rate < 2:
             raise ValueError(f"rate must be >= 2 (atrous/sparse), got {self.rate}")
         if self.bench_rate < 2:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from kexue.core.checks import check_config_int
 from kexue.core.seed import seed_everything
 from kexue.core.threads import num_threads
 from kexue.report import Result
@@ -73,9 +74,7 @@ class Config:
                 "prior_layers": 1, "prior_steps": 1, "prior_batch": 1, "samples_per_class": 1,
                 "seed": 0, "threads": 0}  # fmt: skip
         for name, lo in ints.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"Config.{name} must be an int >= {lo}, got {v!r}")
+            check_config_int(getattr(self, name), f"Config.{name}", lo)
         for name in ("commitment", "vq_lr", "prior_lr", "ema_decay", "dead_code_threshold"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):

@@ -56,6 +56,7 @@ from kexue.train.rng import get_rng_state, preserved_rng, set_rng_state
 LossOutput = torch.Tensor | tuple[torch.Tensor, Mapping[str, Any]]
 LossFn = Callable[[nn.Module, Any], LossOutput]
 EvalFn = Callable[[nn.Module], Mapping[str, Any]]
+StopFn = Callable[["Trainer"], bool]
 
 __all__ = ["Trainer", "move_to_device"]
 
@@ -131,6 +132,12 @@ class Trainer:
         out_dir: run directory for ``metrics.jsonl``, ``checkpoints/``, ``model.safetensors``,
             ``train_config.json`` and ``history.json`` (``None``: write nothing, no resume).
         progress: show a tqdm bar (rank 0 only).
+        should_stop: ``should_stop(trainer) -> bool``, asked after every step (after that step's
+            eval and checkpoint); True ends training cleanly there (a final eval and checkpoint
+            are written as at the normal end, and ``fit`` returns ``"stopped": True``). Use it
+            for early stopping (read ``trainer.evals``) or a time budget
+            (:attr:`wall_time`). Under DDP rank 0's answer is broadcast, so all ranks stop
+            together. ``None`` (default): train for ``max_steps``/``epochs``.
 
     Raises:
         TypeError: ``train_data`` has no ``__len__`` or ``config`` is not a TrainConfig.
@@ -151,6 +158,7 @@ class Trainer:
         config: TrainConfig,
         out_dir: str | os.PathLike | None = None,
         progress: bool = True,
+        should_stop: StopFn | None = None,
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -165,6 +173,10 @@ class Trainer:
         self.loss_fn = loss_fn
         self.collate_fn = collate_fn
         self.eval_fn = eval_fn
+        if should_stop is not None and not callable(should_stop):
+            raise TypeError("should_stop must be callable: should_stop(trainer) -> bool")
+        self.should_stop = should_stop
+        self.stopped = False
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.progress = progress
 
@@ -249,6 +261,18 @@ class Trainer:
 
     def _now(self) -> float:
         return self._wall_offset + time.perf_counter() - self._t0
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds of training so far, resumed runs included (the interrupted run's time counts)."""
+        return self._now()
+
+    def _ask_stop(self) -> bool:
+        """``should_stop(self)``, rank 0's answer on every rank."""
+        if self.should_stop is None:
+            return False
+        answer = bool(self.should_stop(self)) if dist.is_main_process() else False
+        return bool(dist.broadcast_object(answer)) if self.distributed else answer
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -494,7 +518,8 @@ class Trainer:
             ``{"steps", "epochs", "wall_time", "train": last train record's values (loss, lr,
             grad_norm, loss_fn metrics, steps_per_s, tokens_per_s), "eval": last eval metrics
             (or {}), "evals": all eval records, "tokens_per_s": float or None, "checkpoint":
-            last checkpoint path or None, "out_dir"}``. Identical on every rank.
+            last checkpoint path or None, "out_dir", "stopped": True if ``should_stop`` ended the
+            run}``. Identical on every rank.
 
         Raises:
             ValueError: ``resume=False`` in an ``out_dir`` holding checkpoints without
@@ -507,6 +532,7 @@ class Trainer:
         if not resume:
             self._refuse_to_discard(overwrite)
         self._t0 = time.perf_counter()
+        self.stopped = False
         resumed = bool(resume) and self._resume(resume)
         if not resumed:
             self._start_fresh()
@@ -594,6 +620,11 @@ class Trainer:
                         last_ckpt_step = self.step
                     if self.step >= self.max_steps:
                         break
+                    if self._ask_stop():
+                        self.stopped = True
+                        break
+                if self.stopped:
+                    break
             flush()
             if has_eval and last_eval_step != self.step:
                 self.evaluate()
@@ -620,6 +651,7 @@ class Trainer:
             "tokens_per_s": total_tokens / wall if self.tokens_total else None,
             "checkpoint": None if ckpt_path is None else str(ckpt_path),
             "out_dir": None if self.out_dir is None else str(self.out_dir),
+            "stopped": self.stopped,
         }
         if self._writes():
             assert self.out_dir is not None

@@ -78,6 +78,7 @@ def test_existing_out_is_refused_and_resume_continues_exactly(tmp_path, capsys):
     resumed = load_safetensors(tmp_path / "part" / "model.safetensors")
     assert all(torch.equal(full[k], resumed[k]) for k in full)  # bit-exact continuation
     assert run("part", 1, "--overwrite") == 0
+    capsys.readouterr()
     assert run("fresh", 1, "--resume") == 2
     assert "no checkpoints" in one_line_error(capsys)
 

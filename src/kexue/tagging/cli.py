@@ -1,9 +1,14 @@
-"""``kexue tag train`` and ``kexue tag predict``: train a character tagger and use it.
+"""``kexue tag train | evaluate | predict``: train a tagger on your data, score it, use it.
 
 Word segmentation data (``--format segmented``: one sentence per line, words separated by
 spaces) is tagged BMES; entity data (``--format conll``: one ``token ... tag`` line per token,
 blank line between sentences; ``--format cluener``: CLUENER json lines) is tagged BIO or BIOES as
 found in the file. ``--data NAME`` uses a registered dataset (``kexue data list``).
+
+Training evaluates on the dev data every epoch (``--eval-every`` steps), keeps the weights of the
+best dev score, stops after ``--patience`` evaluations without improvement or after
+``--max-minutes``; without a dev file, every 10th training sentence (``--dev-fraction``) is held
+out for it. The defaults were chosen by runs on the shipped sets (README, "Tag your own data").
 
 User errors raise ``ValueError`` with a one-line message; the main CLI prints it and exits 2.
 """
@@ -13,49 +18,109 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from kexue.core.checks import check_positive_int
-from kexue.core.io import atomic_write_text, check_out_dir
+from kexue.core.io import atomic_write_json, atomic_write_text, check_out_dir
 from kexue.core.seed import seed_everything
 from kexue.tagging.encoders import POSITIONS
+from kexue.tagging.formats import (
+    INPUT_FORMATS,
+    OUTPUT_FORMATS,
+    cluener_line,
+    format_prediction,
+    format_sentence,
+    iter_sentences,
+    split_units,
+)
 from kexue.tagging.recipe import (
     FORMATS,
     chunk_origins,
     cws_examples,
+    detect_scheme,
     evaluate,
     fit_tagger,
+    iob1_to_bio,
     ner_examples,
     new_tagger,
-    output_spans,
     prepare_ner,
     read_tagged_file,
+    training_lexicon,
 )
 from kexue.tagging.schemes import tags_to_words
 from kexue.tagging.tagger import ENCODERS, HEADS, UNITS, Tagger
 
+__all__ = ["add_subparser", "format_prediction", "split_units"]
+LEXICON = "lexicon.json"  # training words / tokens / entities, for the unknown-word scores
+TRAIN_SCORE_SENTENCES = 5000  # the train F1 stored at the end is over at most this many
+MAX_HELD_OUT = 2000  # sentences held out of the training data for dev when there is no dev
+# defaults of `tag train`, picked from runs on the shipped sets (README, "Tag your own data")
+DEFAULTS: dict[str, Any] = {
+    "epochs": 30, "patience": 5, "batch_size": 32, "lr": 2e-3, "dropout": 0.1, "min_freq": 1,
+    "word_dropout": 0.05, "char_filters": 50,
+}  # fmt: skip
+
 
 def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``tag train`` and ``tag predict`` on the main CLI's subparsers; returns ``tag``."""
+    """Register ``tag train | evaluate | predict`` on the main CLI's subparsers; returns ``tag``."""
     tag = subparsers.add_parser(
-        "tag", help="train / run a word segmenter or NER tagger (CRF, MEMM, ...)"
+        "tag", help="train / evaluate / run a word segmenter or NER tagger (CRF, MEMM, ...)"
     )
     sub = tag.add_subparsers(dest="tag_command", metavar="SUBCOMMAND", parser_class=type(tag))
-
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    t = sub.add_parser("train", help="train a tagger and save it to --out", formatter_class=fmt)
+    _add_train(sub.add_parser("train", help="train a tagger and save it to --out", formatter_class=fmt))
+    e = sub.add_parser("evaluate", help="score a trained tagger on a test file", formatter_class=fmt)
+    e.add_argument("--model", required=True, metavar="DIR", help="directory written by `tag train`")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--test", metavar="FILE", help="gold-tagged test file")
+    src.add_argument("--data", metavar="NAME", help="registered dataset (scored on --split)")
+    e.add_argument("--split", default="test", help="split of --data")
+    e.add_argument("--format", choices=FORMATS, help="format of --test (default: the model's "
+                   "task: segmented for segmenters, conll for entity models)")
+    e.add_argument("--token-col", type=int, default=0, help="CoNLL token column")
+    e.add_argument("--tag-col", type=int, default=-1, help="CoNLL tag column (-1: last)")
+    e.add_argument("--output", metavar="FILE", help="write the predictions here, in the test "
+                   "file's format (conll: token<TAB>predicted tag)")
+    e.add_argument("--json", metavar="FILE", help="write all scores as JSON here")
+    e.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch")
+    e.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="tag text with a trained tagger", formatter_class=fmt)
+    p.add_argument("--model", required=True, metavar="DIR", help="directory written by `tag train`")
+    p.add_argument("--input", default="-", metavar="FILE", help="input text (-: stdin)")
+    p.add_argument("--output", default="-", metavar="FILE", help="where to write (-: stdout)")
+    p.add_argument("--input-format", choices=INPUT_FORMATS, default="raw",
+                   help="raw lines, segmented lines (words separated by spaces) or CoNLL")
+    p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="text",
+                   help="text (words / sentence<TAB>LABEL:entity ...), conll (token<TAB>tag), "
+                   "json (spans) or segmented (segmenters)")
+    p.add_argument("--json", action="store_true", help="same as --output-format json")
+    p.add_argument("--token-col", type=int, default=0, help="CoNLL input token column")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch")
+    p.add_argument("--chunk", type=int, default=2048, help="sentences read, tagged and written "
+                   "at a time (the input is streamed)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+    return tag
+
+
+def _add_train(t: argparse.ArgumentParser) -> None:
     src = t.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="NAME", help="registered dataset, e.g. ud-gsd-cws, msra-ner")
     src.add_argument("--train", metavar="FILE", help="your own training file")
-    t.add_argument("--dev", metavar="FILE", help="your own evaluation file (with --train)")
+    t.add_argument("--dev", metavar="FILE", help="your own dev file for model selection")
+    t.add_argument("--dev-fraction", type=float, default=0.1, help="without a dev file or "
+                   "split: hold out this share of the training sentences (every k-th, at most "
+                   "2000) for model selection (0: no dev, keep the last weights)")
     t.add_argument("--format", choices=FORMATS, help="format of --train/--dev files")
     t.add_argument("--token-col", type=int, default=0, help="CoNLL token column")
     t.add_argument("--tag-col", type=int, default=-1, help="CoNLL tag column (-1: last)")
     t.add_argument("--head", choices=HEADS, default="crf", help="tagging head")
-    t.add_argument("--encoder", choices=ENCODERS, default="cnn", help="character encoder")
+    t.add_argument("--encoder", choices=ENCODERS, default="cnn", help="token encoder")
     tr = t.add_argument_group("Transformer encoder (--encoder transformer)")
     tr.add_argument("--num-heads", type=int, help="attention heads (None: 4)")
     tr.add_argument("--pattern", choices=("full", "local"), help="attention pattern (None: full)")
@@ -70,12 +135,30 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     )
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    t.add_argument("--epochs", type=int, default=3, help="passes over the training data")
-    t.add_argument("--batch-size", type=int, default=32, help="sentences per step")
-    t.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
-    t.add_argument("--embed-dim", type=int, default=128, help="character embedding size")
+    t.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="at most this many "
+                   "passes over the training data")
+    t.add_argument("--patience", type=int, default=DEFAULTS["patience"], help="stop after this "
+                   "many dev evaluations without a better dev F1 (0: never)")
+    t.add_argument("--eval-every", type=int, default=0, help="evaluate dev every N steps (0: "
+                   "once per epoch)")
+    t.add_argument("--max-minutes", type=float, default=0.0, help="stop cleanly after this "
+                   "many minutes of training, keeping the best dev weights (0: no limit)")
+    t.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="sentences per step")
+    t.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
+    t.add_argument("--dropout", type=float, default=DEFAULTS["dropout"],
+                   help="dropout on embeddings and encoder output")
+    t.add_argument("--embed-dim", type=int, default=128, help="token embedding size")
     t.add_argument("--hidden-dim", type=int, default=128, help="encoder width")
     t.add_argument("--num-layers", type=int, default=3, help="encoder layers")
+    u = t.add_argument_group("unknown tokens")
+    u.add_argument("--min-freq", type=int, default=DEFAULTS["min_freq"], help="tokens seen "
+                   "fewer times in training map to <unk>")
+    u.add_argument("--word-dropout", type=float, default=DEFAULTS["word_dropout"], help="in "
+                   "training, replace each token by <unk> with this probability")
+    u.add_argument("--char-filters", type=int, help="char CNN output size for --units words "
+                   f"(None: {DEFAULTS['char_filters']} with --units words; 0: no char CNN)")
+    u.add_argument("--lowercase", action="store_true", help="lowercase tokens for the "
+                   "vocabulary and add a case feature (Title, UPPER, ...)")
     t.add_argument("--max-len", type=int, default=100, help="cut training sentences to this length")
     t.add_argument(
         "--max-train", type=int, default=0, help="use the first N training sentences (0: all)"
@@ -85,29 +168,20 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="tag text lines with a trained tagger", formatter_class=fmt)
-    p.add_argument("--model", required=True, metavar="DIR", help="directory written by `tag train`")
-    p.add_argument("--input", default="-", metavar="FILE", help="text lines (-: stdin)")
-    p.add_argument("--output", default="-", metavar="FILE", help="where to write (-: stdout)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(func=cmd_predict)
-    return tag
-
 
 # -- train --------------------------------------------------------------------------------------
 def _load_named(name: str) -> tuple[list, list, str]:
+    """A registered dataset's ``(train, dev, task)``; ``dev`` is its dev split or ``[]`` (the
+    test split is never used for model selection)."""
     from kexue import data
 
     if name not in data.DATASETS:
         raise ValueError(f"unknown dataset {name!r}; see `kexue data list`")
     train = data.load(name, "train")
-    dev: list = []
-    for split in ("dev", "test"):
-        try:
-            dev = data.load(name, split)
-            break
-        except (ValueError, KeyError):
-            continue
+    try:
+        dev = data.load(name, "dev")
+    except (ValueError, KeyError, FileNotFoundError):
+        dev = []
     sample = train[0] if train else None
     task = "ner" if isinstance(sample, tuple) else "cws"
     return train, dev, task
@@ -128,17 +202,29 @@ def _encoder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
+def _check_unit_interval(value: float, flag: str) -> None:
+    if not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise ValueError(f"{flag} must be in [0, 1), got {value}")
+
+
 def _validate(args: argparse.Namespace) -> None:
     """Every numeric option at the boundary; messages name the flag."""
     for flag, minimum in (
         ("epochs", 1), ("batch_size", 1), ("embed_dim", 1), ("hidden_dim", 1),
         ("num_layers", 1), ("max_len", 1), ("max_train", 0), ("num_heads", 1), ("window", 1),
+        ("patience", 0), ("eval_every", 0), ("min_freq", 1), ("char_filters", 0),
     ):  # fmt: skip
         value = getattr(args, flag)
         if value is not None:
             check_positive_int(value, "--" + flag.replace("_", "-"), minimum)
     if not math.isfinite(args.lr) or args.lr <= 0:
         raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    if not math.isfinite(args.max_minutes) or args.max_minutes < 0:
+        raise ValueError(f"--max-minutes must be a finite number >= 0, got {args.max_minutes}")
+    for flag in ("dropout", "word_dropout", "dev_fraction"):
+        _check_unit_interval(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if args.char_filters and args.units != "words":
+        raise ValueError("--char-filters needs --units words (a character has no characters)")
     out = check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume and not (out / "train" / "checkpoints").is_dir():
         raise ValueError(f"--resume: no checkpoints in {out / 'train'} to continue from")
@@ -157,32 +243,83 @@ def _read(args: argparse.Namespace) -> tuple[list, list, str, list | None, list 
     return train, dev, task, t_orig, d_orig
 
 
+def hold_out(n: int, fraction: float, cap: int = MAX_HELD_OUT) -> list[int]:
+    """Indices of the sentences held out for dev: every ``k``-th of ``n`` (``k = round(1 /
+    fraction)``, the ``k``-th, ``2k``-th, ...), at most ``cap``; none for ``fraction = 0`` or
+    fewer than 50 sentences."""
+    if fraction <= 0 or n < 50:
+        return []
+    k = max(round(1 / fraction), 2)
+    return list(range(k - 1, n, k))[:cap]
+
+
+def _split_dev(args, train, dev, t_orig, d_orig):
+    """Without dev data, hold out part of the training data (printed)."""
+    if dev or args.dev:
+        return train, dev, t_orig, d_orig
+    held = hold_out(len(train), args.dev_fraction)
+    if not held:  # tiny data or --dev-fraction 0: train for --epochs, keep the last weights
+        return train, dev, t_orig, d_orig
+    hs = set(held)
+    keep = [i for i in range(len(train)) if i not in hs]
+    print(f"note: no dev data: held out {len(held)} of {len(train)} training sentences "
+          "(every k-th) for model selection", file=sys.stderr)  # fmt: skip
+    pick = lambda xs, idx: None if xs is None else [xs[i] for i in idx]  # noqa: E731
+    return pick(train, keep), pick(train, held), pick(t_orig, keep), pick(t_orig, held)
+
+
+def _features(args: argparse.Namespace, units: str) -> dict[str, Any]:
+    filters = args.char_filters
+    if filters is None:
+        filters = DEFAULTS["char_filters"] if units == "words" else 0
+    feats: dict[str, Any] = {"word_dropout": args.word_dropout}
+    if args.lowercase:
+        feats["lowercase"] = True
+    if filters:
+        feats["char_filters"] = filters
+    return feats
+
+
+def _examples(args, train, dev, task, t_orig, d_orig):
+    if task == "cws":
+        return cws_examples(train, args.max_len), cws_examples(dev), []
+    train_ex, dev_ex = ner_examples(train, args.max_len), ner_examples(dev)
+    t_orig = chunk_origins(train, t_orig, args.max_len) if t_orig is not None else None
+    d_orig = chunk_origins(dev, d_orig) if d_orig is not None else None
+    if not train_ex:
+        raise ValueError("the training data has no sentences")
+    prep = prepare_ner(
+        train_ex, dev_ex, train_origins=t_orig, dev_origins=d_orig, constrained=args.constrained
+    )
+    return prep.train, prep.dev, prep.messages
+
+
+def _train_score(tagger: Tagger, train_ex: list, task: str) -> dict[str, Any]:
+    step = max(1, -(-len(train_ex) // TRAIN_SCORE_SENTENCES))
+    sample = train_ex[::step]
+    sc = evaluate(tagger, sample, task)
+    return {"f1": sc["f1"], "precision": sc["precision"], "recall": sc["recall"],
+            "sentences": len(sample), "of": len(train_ex)}  # fmt: skip
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Handler of ``kexue tag train``."""
     _validate(args)
     encoder_kwargs = _encoder_kwargs(args)
     train, dev, task, t_orig, d_orig = _read(args)
+    if task == "cws" and args.units == "words":
+        raise ValueError("--units words is for entity data; word segmentation tags characters")
     if args.max_train:
         train = train[: args.max_train]
         t_orig = t_orig[: args.max_train] if t_orig is not None else None
-    if task == "cws":
-        if args.units == "words":
-            raise ValueError("--units words is for entity data; word segmentation tags characters")
-        train_ex, dev_ex = cws_examples(train, args.max_len), cws_examples(dev)
-    else:
-        train_ex, dev_ex = ner_examples(train, args.max_len), ner_examples(dev)
-        t_orig = chunk_origins(train, t_orig, args.max_len) if t_orig is not None else None
-        d_orig = chunk_origins(dev, d_orig) if d_orig is not None else None
+    train, dev, t_orig, d_orig = _split_dev(args, train, dev, t_orig, d_orig)
+    train_ex, dev_ex, messages = _examples(args, train, dev, task, t_orig, d_orig)
     if not train_ex:
         raise ValueError("the training data has no sentences")
+    for msg in messages:
+        print(f"note: {msg}", file=sys.stderr)
     units = args.units or "chars"
     if task == "ner":
-        prep = prepare_ner(
-            train_ex, dev_ex, train_origins=t_orig, dev_origins=d_orig, constrained=args.constrained
-        )
-        train_ex, dev_ex = prep.train, prep.dev
-        for msg in prep.messages:
-            print(f"note: {msg}", file=sys.stderr)
         n_tok = sum(len(c) for c, _ in train_ex)
         mean_len = sum(len(x) for c, _ in train_ex for x in c) / max(n_tok, 1)
         if units == "chars" and mean_len > 1.5:
@@ -196,14 +333,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     tagger = new_tagger(
         train_ex,
         task,
+        min_freq=args.min_freq,
         head=args.head,
         encoder=args.encoder,
         embed_dim=args.embed_dim,
         hidden_dim=args.hidden_dim,
         num_layers=args.num_layers,
+        dropout=args.dropout,
         constrained=args.constrained,
         units=units,
         encoder_kwargs=encoder_kwargs,
+        features=_features(args, units),
     )
     hist = fit_tagger(
         tagger,
@@ -216,18 +356,147 @@ def cmd_train(args: argparse.Namespace) -> int:
         out_dir=Path(args.out) / "train",
         resume=args.resume,
         overwrite=args.overwrite,
+        dev=dev_ex or None,
+        task=task,
+        eval_every=args.eval_every or None,
+        patience=args.patience or None,
+        max_seconds=args.max_minutes * 60 or None,
     )
     extra: dict[str, Any] = {"task": task, "units": units, "train_sentences": len(train_ex)}
+    extra.update(
+        train_seconds=hist["wall_time"], steps=hist["steps"], epochs_run=hist["epochs"],
+        stopped_by=hist["stopped_by"], dev_sentences=len(dev_ex),
+    )  # fmt: skip
     if dev_ex:
         scores = evaluate(tagger, dev_ex, task)
         extra["dev"] = {k: scores[k] for k in ("precision", "recall", "f1")}
+        extra["best"] = hist["best"]
+    extra["train_scores"] = _train_score(tagger, train_ex, task)
     tagger.save(args.out, extra=extra)
+    sep = " " if units == "words" else ""
+    atomic_write_json(Path(args.out) / LEXICON, training_lexicon(train_ex, task, sep))
     summary = f"saved {args.head} tagger ({task}, {len(tagger.tags)} tags, {units}) to {args.out}"
+    summary += f" after {hist['epochs']:.2f} epochs, {hist['wall_time']:.0f} s"
+    if hist["stopped_by"]:
+        summary += f" (stopped: {hist['stopped_by']})"
     if "dev" in extra:
-        d = extra["dev"]
-        summary += f"; dev P {d['precision']:.4f} R {d['recall']:.4f} F1 {d['f1']:.4f}"
+        d, b = extra["dev"], extra["best"]
+        summary += (
+            f"; best dev at epoch {b['epoch']:.2f}: P {d['precision']:.4f} R {d['recall']:.4f} "
+            f"F1 {d['f1']:.4f}"
+        )
+    summary += f"; train F1 {extra['train_scores']['f1']:.4f}"
     print(summary)
-    del hist
+    return 0
+
+
+# -- evaluate -----------------------------------------------------------------------------------
+def load_model(directory: str) -> Any:
+    """A saved tagger (any kind: :func:`kexue.tagging.bert.load_tagger` when it exists)."""
+    return Tagger.load(directory)
+
+
+def model_task(tagger: Any) -> str:
+    """``"cws"`` or ``"ner"``: stored at training, else read from the scheme."""
+    extra = getattr(tagger, "extra", {}) or {}
+    return extra.get("task") or ("cws" if tagger.config.get("scheme") == "BMES" else "ner")
+
+
+def _read_test(args: argparse.Namespace, task: str) -> tuple[list, str]:
+    """``(examples, format)`` of the test data, checked against the model's task."""
+    if args.data:
+        train, _, data_task = _load_named(args.data)
+        del train
+        from kexue import data
+
+        sents, fmt = data.load(args.data, args.split), "segmented" if data_task == "cws" else "conll"
+    else:
+        fmt = args.format or ("segmented" if task == "cws" else "conll")
+        sents, data_task, _ = read_tagged_file(args.test, fmt, args.token_col, args.tag_col)
+    if data_task != task:
+        kind = {"cws": "word segmentation", "ner": "entity"}
+        raise ValueError(
+            f"the test data is {kind[data_task]} data but the model is a {kind[task]} model"
+        )
+    return (cws_examples(sents) if task == "cws" else ner_examples(sents)), fmt
+
+
+def _fix_scheme(tagger: Any, examples: list) -> list:
+    """Entity test data in the model's scheme (IOB1 read as BIO); a BIO/BIOES mismatch is an error."""
+    scheme = tagger.config.get("scheme") or "BIO"
+    found = detect_scheme(examples)
+    if found != scheme:
+        raise ValueError(f"the test data is {found} but the model was trained on {scheme}")
+    return [(c, iob1_to_bio(t)[0]) if scheme == "BIO" else (c, t) for c, t in examples]
+
+
+def _print_scores(sc: dict[str, Any], task: str) -> None:
+    print(f"P {sc['precision']:.4f}  R {sc['recall']:.4f}  F1 {sc['f1']:.4f}  "
+          f"(gold {sc['n_gold']}, predicted {sc['n_pred']}, correct {sc['correct']})")  # fmt: skip
+    if task == "cws":
+        if "oov_rate" in sc:
+            print(f"OOV rate {sc['oov_rate']:.4f}  OOV recall {sc['oov_recall']:.4f}  "
+                  f"IV recall {sc['iv_recall']:.4f}")  # fmt: skip
+        return
+    for lab, v in sc["per_label"].items():
+        print(f"  {lab:<12} P {v['precision']:.4f}  R {v['recall']:.4f}  F1 {v['f1']:.4f}")
+    if "oov_token_rate" in sc:
+        o = sc["oov"]
+        print(f"OOV tokens {sc['oov_token_rate']:.4f} of all, "
+              f"{sc['oov_entity_token_rate']:.4f} inside entities; OOV entities "
+              f"({o['n_gold']} gold) P {o['precision']:.4f} R {o['recall']:.4f} "
+              f"F1 {o['f1']:.4f}")  # fmt: skip
+    if "unseen" in sc:
+        u = sc["unseen"]
+        print(f"entities unseen in training ({u['n_gold']} gold) P {u['precision']:.4f} "
+              f"R {u['recall']:.4f} F1 {u['f1']:.4f}")  # fmt: skip
+
+
+def _write_predictions(path: str, examples: list, pred: list, fmt: str, tagger: Any) -> None:
+    scheme = tagger.config.get("scheme") or "BIO"
+    if fmt == "segmented":
+        lines = [" ".join(tags_to_words(c, p)) for (c, _), p in zip(examples, pred)]
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+    elif fmt == "conll":
+        atomic_write_text(path, "\n".join(format_sentence(c, p, "ner", "conll")
+                                          for (c, _), p in zip(examples, pred)))  # fmt: skip
+    else:
+        lines = [cluener_line(c, p, scheme) for (c, _), p in zip(examples, pred)]
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Handler of ``kexue tag evaluate``."""
+    check_positive_int(args.batch_size, "--batch-size")
+    for flag in ("output", "json"):
+        if getattr(args, flag) and Path(getattr(args, flag)).is_dir():
+            raise ValueError(f"--{flag} {getattr(args, flag)} is a directory")
+    tagger = load_model(args.model)
+    task = model_task(tagger)
+    examples, fmt = _read_test(args, task)
+    if not examples:
+        raise ValueError("the test data has no sentences")
+    if task == "ner":
+        examples = _fix_scheme(tagger, examples)
+    lex_path = Path(args.model) / LEXICON
+    lexicon = json.loads(lex_path.read_text(encoding="utf-8")) if lex_path.is_file() else None
+    pred: list[list[str]] = []
+    sc = evaluate(tagger, examples, task, args.batch_size, lexicon=lexicon, predictions=pred)
+    where = args.test or f"{args.data}/{args.split}"
+    print(f"{where}: {len(examples)} sentences, "
+          f"{'word' if task == 'cws' else 'strict entity'} scores")  # fmt: skip
+    _print_scores(sc, task)
+    train_sc = (getattr(tagger, "extra", {}) or {}).get("train_scores")
+    report: dict[str, Any] = {"model": str(args.model), "test": where, "task": task,
+                              "sentences": len(examples), "scores": sc}  # fmt: skip
+    if train_sc:
+        ratio = sc["f1"] / train_sc["f1"] if train_sc["f1"] else float("nan")
+        report.update(train_f1=train_sc["f1"], test_train_ratio=ratio)
+        print(f"test F1 / train F1 = {sc['f1']:.4f} / {train_sc['f1']:.4f} = {ratio:.3f}")
+    if args.output:
+        _write_predictions(args.output, examples, pred, fmt, tagger)
+    if args.json:
+        atomic_write_json(args.json, report)
     return 0
 
 
@@ -235,72 +504,70 @@ def cmd_train(args: argparse.Namespace) -> int:
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
 
 
-def format_prediction(
-    chars: list[str], tags: list[str], task: str, as_json: bool, sep: str = "", scheme: str = "BIO"
-) -> str:
-    """One output line: segmented words (CWS) or entities ``LABEL:text`` (NER), or JSON.
-
-    Entities are read from the tags by the same rule as evaluation
-    (:func:`kexue.tagging.recipe.output_spans`: strict spans in the model's ``scheme``), so the
-    dev F1 printed by ``tag train`` can be recomputed from this output. ``sep`` joins tokens
-    back into text (``" "`` for word-level models).
-    """
-    if task == "cws":
-        words = tags_to_words(chars, tags) if chars else []
-        return json.dumps({"words": words}, ensure_ascii=False) if as_json else " ".join(words)
-    spans = output_spans(tags, scheme)
-    if as_json:
-        ents = [
-            {"text": sep.join(chars[s:e]), "label": lab, "start": s, "end": e}
-            for lab, s, e in spans
-        ]
-        return json.dumps({"text": sep.join(chars), "entities": ents}, ensure_ascii=False)
-    ents = " ".join(f"{lab}:{sep.join(chars[s:e])}" for lab, s, e in spans)
-    return sep.join(chars) + "\t" + ents
+def _input_lines(path: str):
+    if path == "-":
+        return sys.stdin
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    return open(path, encoding="utf-8")  # noqa: SIM115 - closed by cmd_predict
 
 
-def split_units(line: str, task: str, units: str) -> list[str]:
-    """Tokens of one input line: CWS drops white space and tags characters; NER splits into
-    characters (``units="chars"``, white space kept as text) or on white space (``"words"``)."""
-    if task == "cws":
-        return list("".join(line.split()))
-    return line.split() if units == "words" else list(line)
+def _warn_unsegmented(sent: list[str], where: str) -> None:
+    if len(sent) == 1 and len(_CJK.findall(sent[0])) > 1:
+        print(f"note: {where}: unsegmented CJK text, but the model's units are words (one "
+              "token per white-space-separated word)", file=sys.stderr)  # fmt: skip
+
+
+def _chunks(sentences, size: int):
+    buf: list[list[str]] = []
+    for s in sentences:
+        buf.append(s)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Handler of ``kexue tag predict``."""
-    tagger = Tagger.load(args.model)
-    extra = getattr(tagger, "extra", {})
-    task = extra.get("task") or ("cws" if tagger.config.get("scheme") == "BMES" else "ner")
-    units = tagger.units
-    if args.input == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        if not Path(args.input).is_file():
-            raise FileNotFoundError(f"no such file: {args.input}")
-        lines = Path(args.input).read_text(encoding="utf-8").splitlines()
+    """Handler of ``kexue tag predict``: streams the input in chunks of ``--chunk`` sentences."""
+    from tqdm.auto import tqdm
+
+    check_positive_int(args.batch_size, "--batch-size")
+    check_positive_int(args.chunk, "--chunk")
+    out_fmt = "json" if args.json else args.output_format
+    tagger = load_model(args.model)
+    task, units = model_task(tagger), tagger.units
+    if out_fmt == "segmented" and task != "cws":
+        raise ValueError("--output-format segmented is for word segmenters; use conll or json")
     if args.output != "-" and Path(args.output).is_dir():
         raise ValueError(f"--output {args.output} is a directory")
     print(f"units: {units} (from {args.model})", file=sys.stderr)
-    if units == "words":
-        for n, ln in enumerate(lines, start=1):
-            if len(_CJK.findall(ln)) > 1 and len(ln.split()) == 1:
-                print(
-                    f"note: {args.input}, line {n}: unsegmented CJK text, but the model's units "
-                    "are words (one token per white-space-separated word)",
-                    file=sys.stderr,
-                )
-                break
-    sents = [split_units(ln, task, units) for ln in lines]
-    preds = tagger.predict(sents)
     sep = " " if units == "words" else ""
     scheme = tagger.config.get("scheme") or "BIO"
-    out = "\n".join(
-        format_prediction(c, p, task, args.json, sep, scheme) for c, p in zip(sents, preds)
-    )
-    if args.output == "-":
-        if out:
-            print(out)
-    else:
-        atomic_write_text(args.output, out + ("\n" if out else ""))
+    lines = _input_lines(args.input)
+    tmp = None if args.output == "-" else Path(f"{args.output}.tmp{os.getpid()}")
+    sink = sys.stdout if tmp is None else open(tmp, "w", encoding="utf-8")  # noqa: SIM115
+    bar = tqdm(unit=" sent", disable=True if args.no_progress else None, file=sys.stderr)
+    warned = units != "words"
+    try:
+        sents = iter_sentences(lines, args.input_format, task, units, args.token_col)
+        for chunk in _chunks(sents, args.chunk):
+            if not warned:
+                _warn_unsegmented(chunk[0], args.input)
+                warned = True
+            preds = tagger.predict(chunk, batch_size=args.batch_size)
+            for c, p in zip(chunk, preds):
+                sink.write(format_sentence(c, p, task, out_fmt, sep, scheme) + "\n")
+            bar.update(len(chunk))
+        if tmp is not None:
+            sink.close()
+            os.replace(tmp, args.output)
+    finally:
+        bar.close()
+        if lines is not sys.stdin:
+            lines.close()
+        if tmp is not None:
+            sink.close()
+            tmp.unlink(missing_ok=True)
     return 0

@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
+from kexue.core.checks import check_positive_int
+from kexue.core.io import load_safetensors, save_safetensors
 from kexue.data import Vocab
-from kexue.tagging.metrics import cws_prf, entity_prf
 from kexue.tagging.schemes import (
     allowed_transitions,
     split_tag,
@@ -372,7 +373,11 @@ def new_tagger(
     examples: Sequence[Example], task: str, *, min_freq: int = 1, **kwargs: Any
 ) -> Tagger:
     """A fresh :class:`Tagger` for ``task`` (``"cws"``: BMES; ``"ner"``: BIO or BIOES over the
-    labels seen in ``examples``)."""
+    labels seen in ``examples``).
+
+    The vocabulary holds the tokens seen at least ``min_freq`` times (lowercased with
+    ``features={"lowercase": True}``); with ``features={"char_filters": n}`` the char CNN's
+    character vocabulary is built from the same tokens (unless ``char_vocab`` is given)."""
     if task == "cws":
         tags, scheme = tag_set("BMES"), "BMES"
     elif task == "ner":
@@ -381,8 +386,14 @@ def new_tagger(
     else:
         raise ValueError(f"task must be 'cws' or 'ner', got {task!r}")
     kwargs.setdefault("scheme", scheme)
-    vocab = Vocab.build((c for c, _ in examples), min_freq, pad=PAD, unk=UNK)
-    return Tagger(vocab=vocab, tags=tags, **kwargs)
+    feats = dict(kwargs.pop("features", None) or {}) or None
+    lower = bool(feats and feats.get("lowercase"))
+    toks = ([w.lower() for w in c] if lower else c for c, _ in examples)
+    vocab = Vocab.build(toks, min_freq, pad=PAD, unk=UNK)
+    if feats and feats.get("char_filters") and feats.get("char_vocab") is None:
+        chars = Vocab.build(("".join(c) for c, _ in examples), 1, pad=PAD, unk=UNK)
+        feats["char_vocab"] = list(chars.tokens)
+    return Tagger(vocab=vocab, tags=tags, features=feats, **kwargs)
 
 
 class _Collate:
@@ -393,6 +404,51 @@ class _Collate:
         chars, mask = self.tagger.encode([c for c, _ in batch])
         tags = self.tagger.encode_tags([t for _, t in batch], chars.shape[1])
         return chars, mask, tags
+
+
+def _best_index(evals: Sequence[dict[str, Any]]) -> int:
+    """Index of the first eval with the highest ``dev_f1`` (-1 if none)."""
+    scores = [e.get("dev_f1", float("-inf")) for e in evals]
+    return max(range(len(scores)), key=lambda i: (scores[i], -i)) if scores else -1
+
+
+class _Selection:
+    """Dev evaluation, best weights (memory and ``out_dir/best.safetensors``), stop rules."""
+
+    def __init__(
+        self, tagger: Tagger, dev: Sequence[Example], task: str, out_dir: Path | None,
+        patience: int | None, max_seconds: float | None,
+    ) -> None:  # fmt: skip
+        self.tagger, self.dev, self.task = tagger, list(dev), task
+        self.path = None if out_dir is None else Path(out_dir) / "best.safetensors"
+        self.patience, self.max_seconds = patience, max_seconds
+        self.best: dict[str, torch.Tensor] | None = None
+        self.trainer: Any = None
+        self.reason: str | None = None
+
+    def eval_fn(self, model: Tagger) -> dict[str, float]:
+        f1 = float(evaluate(model, self.dev, self.task)["f1"])
+        prev = [e.get("dev_f1", float("-inf")) for e in self.trainer.evals]
+        if not prev or f1 > max(prev):  # strictly better: the first of equal scores is kept
+            self.best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if self.path is not None:
+                save_safetensors(self.best, self.path)
+        return {"dev_f1": f1}
+
+    def should_stop(self, trainer: Any) -> bool:
+        if self.max_seconds is not None and trainer.wall_time >= self.max_seconds:
+            self.reason = "time"
+        elif self.patience and self.dev and trainer.evals:
+            since = len(trainer.evals) - 1 - _best_index(trainer.evals)
+            if since >= self.patience:
+                self.reason = "patience"
+        return self.reason is not None
+
+    def restore_best(self) -> None:
+        if self.best is None and self.path is not None and self.path.is_file():
+            self.best = load_safetensors(self.path)
+        if self.best is not None:
+            self.tagger.load_state_dict(self.best)
 
 
 def fit_tagger(
@@ -411,8 +467,20 @@ def fit_tagger(
     resume: bool = False,
     overwrite: bool = False,
     ckpt_every: int | None = None,
+    dev: Sequence[Example] | None = None,
+    task: str | None = None,
+    eval_every: int | None = None,
+    patience: int | None = None,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Train ``tagger`` in place with Adam on :class:`kexue.train.Trainer`.
+
+    With ``dev``, the dev score ($F_1$ of :func:`evaluate`) is computed every ``eval_every``
+    steps (default: once per epoch) and at the end, and the tagger ends with the weights of the
+    best dev evaluation (first of equal scores; also kept in ``out_dir/best.safetensors`` so a
+    resumed run knows them). ``patience``: stop after that many evaluations without a better
+    dev $F_1$. ``max_seconds``: stop cleanly once training (evaluations included; a resumed run
+    counts the interrupted one's time) has taken that long.
 
     Args:
         tagger: the model.
@@ -426,14 +494,27 @@ def fit_tagger(
             built exactly as for the interrupted run).
         overwrite: start over in an ``out_dir`` that holds checkpoints (else the Trainer refuses).
         ckpt_every: checkpoint every this many steps (default with ``out_dir``: once per epoch).
+        dev: ``(tokens, tags)`` evaluation examples for model selection (``None``: keep the last
+            weights).
+        task: ``"cws"`` or ``"ner"`` for scoring ``dev`` (default: ``"cws"`` for a BMES tagger).
+        eval_every: steps between dev evaluations (default: one epoch).
+        patience: evaluations without improvement before stopping (``None``/0: never).
+        max_seconds: time budget in seconds (``None``: none).
 
     Returns:
-        The Trainer's history plus ``seconds_per_epoch`` (wall time / epochs run).
+        The Trainer's history plus ``seconds_per_epoch`` (wall time / epochs run),
+        ``train_seconds``, ``stopped_by`` (``"patience"``, ``"time"`` or ``None``) and, with
+        ``dev``, ``best`` = ``{"step", "epoch", "dev_f1"}`` of the kept weights.
     """
     from kexue.train import TrainConfig, Trainer
 
     if not examples:
         raise ValueError("no training examples")
+    if patience is not None:
+        check_positive_int(patience, "patience", 0)
+    if max_seconds is not None and not (max_seconds > 0):
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+    task = task or ("cws" if tagger.config.get("scheme") == "BMES" else "ner")
     head_params = [p for n, p in tagger.named_parameters() if n.startswith("head.")]
     other = [p for n, p in tagger.named_parameters() if not n.startswith("head.")]
     groups = [{"params": other, "lr": lr}]
@@ -446,10 +527,14 @@ def fit_tagger(
         loss = model(chars, mask, tags, reduction=reduction)
         return loss, {"tokens": float(mask.sum())}
 
+    steps_per_epoch = -(-len(examples) // batch_size)
+    sel = _Selection(tagger, dev or [], task, None if out_dir is None else Path(out_dir),
+                     patience, max_seconds)  # fmt: skip
     cfg = TrainConfig(
         max_steps=max_steps,
         epochs=epochs,
         batch_size=batch_size,
+        eval_every=(eval_every or steps_per_epoch) if dev else None,
         log_every=50,
         grad_clip=5.0,
         seed=seed,
@@ -458,7 +543,7 @@ def fit_tagger(
         # with an out_dir, a checkpoint per epoch by default, so an interrupted run can resume
         ckpt_every=ckpt_every
         if ckpt_every is not None or out_dir is None
-        else -(-len(examples) // batch_size),
+        else steps_per_epoch,
     )
     trainer = Trainer(
         tagger,
@@ -469,36 +554,80 @@ def fit_tagger(
         config=cfg,
         out_dir=out_dir,
         progress=progress,
+        eval_fn=sel.eval_fn if dev else None,
+        should_stop=sel.should_stop if (dev and patience) or max_seconds else None,
     )
+    sel.trainer = trainer
     t0 = time.perf_counter()
     hist = trainer.fit(resume=resume, overwrite=overwrite)
     wall = time.perf_counter() - t0
     done_epochs = max(trainer.step / trainer.steps_per_epoch, 1e-9)
+    out = {**hist, "seconds_per_epoch": wall / done_epochs, "train_seconds": wall}
+    out["stopped_by"] = sel.reason if hist.get("stopped") else None
+    if dev:
+        sel.restore_best()
+        b = trainer.evals[_best_index(trainer.evals)]
+        out["best"] = {"step": b["step"], "epoch": b["epoch"], "dev_f1": b["dev_f1"]}
     tagger.eval()
-    return {**hist, "seconds_per_epoch": wall / done_epochs, "train_seconds": wall}
+    return out
+
+
+def training_lexicon(examples: Sequence[Example], task: str, sep: str = "") -> dict[str, list]:
+    """What the unknown-word scores compare against: ``{"words": sorted training words}``
+    (``task="cws"``) or ``{"tokens": ..., "entities": [[label, text], ...]}`` (``"ner"``)."""
+    if task == "cws":
+        return {"words": sorted({w for c, t in examples for w in tags_to_words(c, t)})}
+    ents = {
+        (lab, sep.join(c[s:e])) for c, t in examples for lab, s, e in output_spans(t, _scheme_of(t))
+    }
+    return {"tokens": sorted({w for c, _ in examples for w in c}), "entities": sorted(ents)}
+
+
+def _scheme_of(tags: Sequence[str]) -> str:
+    return "BIOES" if any(t[:2] in ("E-", "S-") for t in tags) else "BIO"
 
 
 def evaluate(
-    tagger: Tagger, examples: Sequence[Example], task: str, batch_size: int = 64
+    tagger: Tagger,
+    examples: Sequence[Example],
+    task: str,
+    batch_size: int = 64,
+    *,
+    lexicon: dict[str, list] | None = None,
+    predictions: list[list[str]] | None = None,
 ) -> dict[str, Any]:
     """Decode ``examples`` and score them: ``{"precision", "recall", "f1", "sentences_per_s", ...}``.
 
     ``task="cws"``: SIGHAN-style word P/R/F1 (words from BMES tags, a word starts at B or S);
-    ``task="ner"``: strict entity-level P/R/F1 (seqeval ``mode="strict"``) in the tagger's scheme.
+    ``task="ner"``: strict entity-level P/R/F1 (seqeval ``mode="strict"``) in the tagger's scheme,
+    with ``per_label`` scores. With ``lexicon`` (:func:`training_lexicon` of the training data)
+    the unknown-word scores of :mod:`kexue.tagging.scoring` are added (OOV rate and recall;
+    F1 on OOV and unseen entities). A list passed as ``predictions`` receives the predicted tags.
     """
+    from kexue.tagging.scoring import entity_scores, segmentation_scores
+
     t0 = time.perf_counter()
     pred = tagger.predict([c for c, _ in examples], batch_size=batch_size)
     secs = time.perf_counter() - t0
+    if predictions is not None:
+        predictions.extend(pred)
     gold = [t for _, t in examples]
+    lex = lexicon or {}
     if task == "cws":
         chars = [c for c, _ in examples]
-        scores: dict[str, Any] = cws_prf(
+        words = set(lex["words"]) if "words" in lex else None
+        scores: dict[str, Any] = segmentation_scores(
             [tags_to_words(c, g) for c, g in zip(chars, gold)],
             [tags_to_words(c, p) for c, p in zip(chars, pred)],
+            words,
         )
     else:
         scheme = tagger.config.get("scheme") or "BIO"
-        scores = entity_prf(gold, pred, scheme, strict=True)
+        toks = set(lex["tokens"]) if "tokens" in lex else None
+        ents = {tuple(e) for e in lex["entities"]} if "entities" in lex else None
+        sep = " " if tagger.units == "words" else ""
+        tokens = [c for c, _ in examples]
+        scores = entity_scores(tokens, gold, pred, scheme, toks, ents, sep)
     n_chars = sum(len(c) for c, _ in examples)
     scores.update(decode_seconds=secs, sentences_per_s=len(examples) / max(secs, 1e-9))
     scores.update(chars_per_s=n_chars / max(secs, 1e-9))

@@ -37,6 +37,14 @@ from kexue.core.vocab import Vocab
 from kexue.tagging._common import reduce_loss
 from kexue.tagging.crf import CRF
 from kexue.tagging.encoders import TRANSFORMER_DEFAULTS, TransformerEncoder
+from kexue.tagging.features import (
+    CASE_CLASSES,
+    CharCNN,
+    check_features,
+    drop_words,
+    pack_ids,
+    packed,
+)
 from kexue.tagging.memm import MEMM, BiMEMM
 from kexue.tagging.schemes import allowed_transitions
 
@@ -68,6 +76,11 @@ class Tagger(nn.Module):
         encoder_kwargs: Transformer options (``num_heads`` 4, ``pattern`` ``"full"`` or
             ``"local"``, ``window``, ``rate``, ``positions`` ``"sinusoidal"``/``"learned"``,
             ``max_positions`` 512, ``ffn_dim``); see :class:`TransformerEncoder`.
+        features: unknown-word features (:mod:`kexue.tagging.features`): ``word_dropout``
+            (probability of replacing a training token by ``<unk>``), ``lowercase`` (with a
+            ``case_dim`` case embedding), ``char_filters`` > 0 for a char CNN over each word
+            (``units="words"``; needs ``char_vocab``, ``char_dim``, ``max_word_chars``).
+            ``None``: none of them (the tagger's ids are ``(b, t)``).
 
     Raises:
         ValueError: on an unknown head/encoder/units, a bad vocabulary, sizes < 1, dropout
@@ -90,6 +103,7 @@ class Tagger(nn.Module):
         units: str = "chars",
         head_kwargs: dict[str, Any] | None = None,
         encoder_kwargs: dict[str, Any] | None = None,
+        features: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -137,22 +151,34 @@ class Tagger(nn.Module):
         )
         if encoder == "transformer":
             self.config["encoder_kwargs"] = enc_kw
+        self.features = check_features(features, units)
+        if features is not None:
+            self.config["features"] = dict(self.features)
         k = len(self.tags)
         self.embed = nn.Embedding(len(self.vocab), embed_dim, padding_idx=0)
+        input_dim = embed_dim
+        if self.features["lowercase"]:
+            self.case_embed = nn.Embedding(CASE_CLASSES, self.features["case_dim"], padding_idx=0)
+            input_dim += self.features["case_dim"]
+        if self.features["char_filters"]:
+            cv = self.features["char_vocab"]
+            self.char_index = {c: i for i, c in enumerate(cv)}
+            self.char_cnn = CharCNN(len(cv), self.features["char_dim"], self.features["char_filters"])
+            input_dim += self.features["char_filters"]
         self.drop = nn.Dropout(dropout)
         if encoder == "bilstm":
             if hidden_dim % 2:
                 raise ValueError(f"hidden_dim must be even for a BiLSTM, got {hidden_dim}")
             self.lstm = nn.LSTM(
-                embed_dim, hidden_dim // 2, num_layers, batch_first=True, bidirectional=True
+                input_dim, hidden_dim // 2, num_layers, batch_first=True, bidirectional=True
             )
         elif encoder == "transformer":
             self.transformer = TransformerEncoder(
-                embed_dim, hidden_dim, num_layers=num_layers, dropout=dropout,
+                input_dim, hidden_dim, num_layers=num_layers, dropout=dropout,
                 **{**TRANSFORMER_DEFAULTS, **enc_kw},
             )  # fmt: skip
         else:
-            dims = [embed_dim] + [hidden_dim] * num_layers
+            dims = [input_dim] + [hidden_dim] * num_layers
             self.convs = nn.ModuleList(
                 nn.Conv1d(a, c, kernel_size=3, padding=1) for a, c in zip(dims[:-1], dims[1:])
             )
@@ -175,14 +201,24 @@ class Tagger(nn.Module):
 
     # -- text <-> tensors ---------------------------------------------------------------------
     def encode(self, sentences: Sequence[Sequence[str]]) -> tuple[Tensor, Tensor]:
-        """Characters -> ``(ids (b, t) int64, mask (b, t) bool)``; unknown characters -> 1."""
+        """Tokens -> ``(ids, mask (b, t) bool)``; unknown tokens -> 1 (``<unk>``).
+
+        ``ids`` is ``(b, t)`` int64, or ``(b, t, 2 + L)`` packed word / case / character ids
+        with the case feature or the char CNN (:mod:`kexue.tagging.features`). With
+        ``lowercase`` the vocabulary lookup uses the lowercased token.
+        """
         lengths = torch.tensor([len(s) for s in sentences], dtype=torch.long)
         n = max(int(lengths.max()) if len(sentences) else 0, 1)
         ids = torch.zeros(len(sentences), n, dtype=torch.long)
+        lower = self.features["lowercase"]
         for i, s in enumerate(sentences):
             if s:
-                ids[i, : len(s)] = torch.tensor(self.vocabulary.encode(s))
-        return ids, torch.arange(n)[None, :] < lengths[:, None]
+                toks = [w.lower() for w in s] if lower else s
+                ids[i, : len(s)] = torch.tensor(self.vocabulary.encode(toks))
+        mask = torch.arange(n)[None, :] < lengths[:, None]
+        if packed(self.features):
+            ids = pack_ids(sentences, ids, self.features, getattr(self, "char_index", {}))
+        return ids, mask
 
     def encode_tags(self, tag_seqs: Sequence[Sequence[str]], t: int) -> Tensor:
         """Tag strings -> ``(b, t)`` int64 padded with 0; ``ValueError`` on unknown tags."""
@@ -206,16 +242,19 @@ class Tagger(nn.Module):
         Returns:
             ``(b, t, k)``.
         """
-        if chars.dim() != 2 or mask.shape != chars.shape:
+        want = 3 if packed(self.features) else 2
+        if chars.dim() != want or mask.shape != chars.shape[:2]:
+            need = "(b, t, f) packed ids" if want == 3 else "(b, t)"
             raise ValueError(
-                f"chars and mask must have shape (b, t), got {tuple(chars.shape)} and {tuple(mask.shape)}"
+                f"chars must be {need} and mask (b, t), got {tuple(chars.shape)} and "
+                f"{tuple(mask.shape)}"
             )
-        x = self.drop(self.embed(chars))  # (b, t, d)
+        x = self.drop(self._embed(chars, mask))  # (b, t, d_in)
         m = mask.unsqueeze(2).to(x.dtype)
         if self.config["encoder"] == "bilstm":
             lengths = mask.sum(1).clamp_min(1).cpu()
-            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            out, _ = self.lstm(packed)
+            seq = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out, _ = self.lstm(seq)
             h, _ = pad_packed_sequence(out, batch_first=True, total_length=chars.shape[1])
         elif self.config["encoder"] == "transformer":
             h = self.transformer(x, mask)
@@ -224,6 +263,18 @@ class Tagger(nn.Module):
             for conv in self.convs:
                 h = F.relu(conv(h.transpose(1, 2))).transpose(1, 2) * m
         return self.proj(self.drop(h))
+
+    def _embed(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Word embedding (with word dropout in training) [+ case embedding] [+ char CNN]."""
+        words = ids[..., 0] if ids.dim() == 3 else ids
+        if self.training:
+            words = drop_words(words, mask, self.features["word_dropout"])
+        parts = [self.embed(words)]
+        if self.features["lowercase"]:
+            parts.append(self.case_embed(ids[..., 1]))
+        if self.features["char_filters"]:
+            parts.append(self.char_cnn(ids[..., 2:]))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def forward(
         self, chars: Tensor, mask: Tensor, tags: Tensor | None = None, reduction: str = "mean"

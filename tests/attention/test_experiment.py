@@ -25,7 +25,17 @@ def test_smoke_preset_learns(tmp_path):
         assert m[f"tokens_per_s_{name}"] > 0
     # the unigram baseline is computed in the run and lies below uniform
     assert m["test_bpc_unigram"] < uniform - 1
-    assert {p.file for p in res.plots} == {"patterns.png", "time_memory.png", "lm_bpc.png"}
+    assert m["test_bpc_bigram"] > 0
+    # equal-time arm: every pattern, trained for one CPU second, beats the unigram model of the
+    # same test text by a margin (so it learned context, not only character frequencies)
+    for name in ("full", "local", "atrous", "sparse", "strided", "fixed"):
+        assert m[f"long_test_bpc_{name}"] < m["test_bpc_unigram"] - 0.1, name
+        assert m[f"long_tokens_per_s_{name}"] > 0
+    row = next(c for c in res.comparison if c.quantity == "equal time, long context")
+    assert row.verdict in ("holds", "partly", "does not hold")
+    assert {p.file for p in res.plots} == {
+        "patterns.png", "time_memory.png", "lm_bpc.png", "equal_time_bpc.png", "equal_time_cost.png"
+    }  # fmt: skip
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored["headline"] == res.headline
     assert Result.from_json(stored).metrics == res.metrics
@@ -34,7 +44,10 @@ def test_smoke_preset_learns(tmp_path):
 @pytest.mark.parametrize(
     "override, field",
     [("window=0", "window"), ("rate=1", "rate"), ("bench_sizes=0", "bench_sizes"),
-     ("lr=-1", "lr"), ("patterns=bogus", "patterns"), ("dropout=1.5", "dropout")],
+     ("lr=-1", "lr"), ("patterns=bogus", "patterns"), ("dropout=1.5", "dropout"),
+     ("long_patterns=bogus", "long_patterns"), ("time_budget_s=0", "time_budget_s"),
+     ("clock=gpu", "clock"), ("long_seeds=-1", "long_seeds"), ("long_rate=1", "long_rate"),
+     ("long_seq_len=0", "long_seq_len"), ("long_eval_every_s=-2", "long_eval_every_s")],
 )  # fmt: skip
 def test_config_fields_are_validated(tmp_path, override, field):
     from kexue.experiments.runner import parse_overrides

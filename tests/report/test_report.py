@@ -150,5 +150,12 @@ def test_seed_statistics_and_claims():
     assert rank_claim("A", [10, 10.1, 9.9], "B", [5, 5.1, 4.9]).startswith("A > B")
     assert "within noise" in rank_claim("A", [10, 12, 8], "B", [9, 11, 10])
     assert "within noise" in rank_claim("A", [10, 10.1], "B", [5, 5.1])  # fewer than 3 seeds
+    # lower is better (bits/char): the smaller mean is named first, with "<"
+    assert rank_claim("A", [10, 10.1, 9.9], "B", [5, 5.1, 4.9], lower_is_better=True) == (
+        "B < A by 5.00 (spread 0.10)"
+    )
+    assert rank_claim("A", [5, 5.1, 4.9], "B", [10, 10.1, 9.9], lower_is_better=True).startswith(
+        "A < B"
+    )
     with pytest.raises(ValueError):
         mean_std([])

@@ -18,7 +18,9 @@ from torch import nn
 from kexue.attention.transformer import TransformerDecoderBlock
 from kexue.core.checks import check_positive_int
 
-_PATTERN_ARGS = {"local": "window", "atrous": "rate", "sparse": "rate"}
+_PATTERN_ARGS = {
+    "local": "window", "atrous": "rate", "sparse": "rate", "strided": "rate", "fixed": "rate"
+}  # fmt: skip
 
 
 class CharLM(nn.Module):
@@ -31,9 +33,10 @@ class CharLM(nn.Module):
         num_heads: heads ``h``.
         num_layers: number of blocks.
         pattern: self-attention pattern of every block (``"full"``, ``"local"``, ``"atrous"``,
-            ``"sparse"``, ...).
+            ``"sparse"``, ``"strided"``, ``"fixed"``).
         window: local window (``pattern="local"``).
-        rate: atrous/sparse rate.
+        rate: atrous/sparse rate; the stride ``l`` of the Sparse Transformer's strided/fixed
+            patterns (fixed: summary size 1).
         dropout: dropout probability.
     """
 

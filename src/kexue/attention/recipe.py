@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from torch.utils.data import TensorDataset
 from kexue import data
 from kexue.attention.lm import CharLM, bits_per_char
 from kexue.core.seed import seed_everything
+from kexue.core.timing import peak_extra_mib
 from kexue.train import TrainConfig, Trainer
 
 
@@ -148,3 +149,165 @@ def train_char_lm(
         params=sum(p.numel() for p in model.parameters()),
         curve=[(e["step"], e["valid_bpc"]) for e in hist["evals"] if "valid_bpc" in e],
     )
+
+
+@dataclass(frozen=True)
+class BudgetSetup:
+    """One equal-time char-LM run: model shape, batch, and the training-time budget.
+
+    ``clock`` is ``"cpu"`` (process CPU seconds: with torch pinned to one thread this equals
+    wall-clock on an idle machine and does not charge a pattern for other jobs on a shared one) or
+    ``"wall"``. Evaluation is excluded from the budget; it runs every ``eval_every_s`` seconds of
+    training clock, on the first ``eval_windows`` validation windows (test bpc at the end uses
+    every test window).
+    """
+
+    seq_len: int
+    dim: int
+    heads: int
+    layers: int
+    window: int
+    rate: int
+    batch_size: int
+    lr: float
+    budget_s: float
+    eval_every_s: float
+    warmup_steps: int = 20
+    eval_windows: int = 8
+    clock: str = "cpu"
+    seed: int = 0
+    max_steps: int | None = None  # also stop after this many steps (reproducible runs, tests)
+
+
+@dataclass
+class BudgetRun:
+    """What one equal-time run measured; ``curve`` rows are (train seconds, tokens, valid bpc)."""
+
+    pattern: str
+    seed: int
+    test_bpc: float
+    steps: int
+    tokens: int
+    train_s: float
+    tokens_per_s: float
+    peak_mib: float | None
+    params: int
+    curve: list[tuple[float, int, float]] = field(default_factory=list)
+
+
+def _clock(kind: str):
+    if kind not in ("cpu", "wall"):
+        raise ValueError(f"clock must be 'cpu' or 'wall', got {kind!r}")
+    return time.process_time if kind == "cpu" else time.perf_counter
+
+
+def train_char_lm_budget(
+    corpus: CharCorpus, pattern: str, setup: BudgetSetup, progress: bool = True
+) -> BudgetRun:
+    r"""Train a :class:`~kexue.attention.lm.CharLM` with ``pattern`` for ``setup.budget_s`` seconds.
+
+    The article's claim is about cost, so the budget is time, not steps: a cheaper pattern takes
+    more steps in the same time. Every pattern at one seed starts from the same initialisation of
+    the shared weights and draws the same sequence of random training windows (``(b, n + 1)``
+    slices of ``corpus.train``), so runs differ only in the attention pattern and in how many
+    steps they fit. AdamW with linear warmup over ``warmup_steps`` steps and gradient clipping at
+    1. This loop, not :class:`kexue.train.Trainer`, because the budget must exclude evaluation
+    time; a run is tens of seconds to minutes, so there is nothing to resume inside it.
+
+    Returns the held-out curve (train seconds, tokens seen, valid bpc), test bpc, tokens/s and the
+    peak extra resident memory of one training step at the end (CPU; ``None`` where not measurable).
+    """
+    now = _clock(setup.clock)
+    if not setup.budget_s > 0 or not setup.eval_every_s > 0:
+        raise ValueError("budget_s and eval_every_s must be > 0")
+    seed_everything(setup.seed)
+    model = CharLM(
+        vocab_size=len(corpus.vocab), max_len=setup.seq_len, dim=setup.dim,
+        num_heads=setup.heads, num_layers=setup.layers, pattern=pattern, window=setup.window,
+        rate=setup.rate,
+    )  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=setup.lr, weight_decay=0.01)
+    warm = max(1, setup.warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    valid = windows(corpus.valid, setup.seq_len)[: setup.eval_windows]
+    test = windows(corpus.test, setup.seq_len)
+    if not len(valid) or not len(test):
+        raise ValueError(
+            f"the valid/test streams hold no window of seq_len + 1 = {setup.seq_len + 1}"
+        )
+    span = len(corpus.train) - setup.seq_len - 1
+    if span < 1:
+        raise ValueError(f"the training stream is shorter than seq_len + 1 = {setup.seq_len + 1}")
+    gen = torch.Generator().manual_seed(setup.seed)
+    offsets = torch.arange(setup.seq_len + 1)
+
+    def batch() -> torch.Tensor:
+        starts = torch.randint(0, span + 1, (setup.batch_size, 1), generator=gen)
+        return corpus.train[starts + offsets]
+
+    def step(w: torch.Tensor) -> torch.Tensor:
+        logits = model(w[:, :-1])
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        return loss
+
+    curve = [(0.0, 0, bits_per_char(model, valid))]
+    used, steps, next_eval = 0.0, 0, setup.eval_every_s
+    bar = _bar(progress, setup.budget_s, f"{pattern} s{setup.seed}")
+    model.train()
+    cap = setup.max_steps if setup.max_steps is not None else math.inf
+    while used < setup.budget_s and steps < cap:
+        w = batch()
+        t0 = now()
+        loss = step(w)
+        dt = now() - t0
+        used += dt
+        steps += 1
+        if bar is not None:
+            bar.update(min(dt, setup.budget_s - bar.n))
+            bar.set_postfix(loss=f"{loss.item():.3f}", steps=steps, refresh=False)
+        if used >= next_eval or used >= setup.budget_s or steps >= cap:
+            curve.append(
+                (used, steps * setup.batch_size * setup.seq_len, bits_per_char(model, valid))
+            )
+            next_eval += setup.eval_every_s
+    if bar is not None:
+        bar.close()
+    tokens = steps * setup.batch_size * setup.seq_len
+    peak = peak_extra_mib(lambda: step(batch()))  # one more step: the model is not reused
+    return BudgetRun(
+        pattern=pattern, seed=setup.seed, test_bpc=bits_per_char(model, test), steps=steps,
+        tokens=tokens, train_s=used, tokens_per_s=tokens / used, peak_mib=peak,
+        params=sum(p.numel() for p in model.parameters()), curve=curve,
+    )  # fmt: skip
+
+
+def _bar(progress: bool, total: float, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="s", bar_format="{l_bar}{bar}| {elapsed} {postfix}")
+
+
+def equal_time_runs(
+    corpus: CharCorpus,
+    patterns: tuple[str, ...],
+    seeds: tuple[int, ...],
+    setup: BudgetSetup,
+    progress: bool = True,
+) -> dict[str, list[BudgetRun]]:
+    """:func:`train_char_lm_budget` for every pattern and seed; ``{pattern: [run per seed]}``.
+
+    Seeds are the outer loop so a run that is stopped part-way has every pattern at the first
+    seeds rather than some patterns only.
+    """
+    runs: dict[str, list[BudgetRun]] = {p: [] for p in patterns}
+    for s in seeds:
+        for p in patterns:
+            runs[p].append(train_char_lm_budget(corpus, p, replace(setup, seed=s), progress))
+    return runs

@@ -110,6 +110,37 @@ def mask_images(
     return save(fig, path)
 
 
+def bar_panels(
+    panels: Sequence[dict[str, Any]],
+    path: str | Path,
+    *,
+    suptitle: str = "",
+    width: float = 5.0,
+    height: float = 3.6,
+) -> str:
+    """One row of bar-chart panels; returns the PNG's file name.
+
+    Args:
+        panels: one dict per panel: ``bars`` ({label: value or ``(value, error)``}; ``None``
+            values are left out), and optional ``title``, ``ylabel``.
+        path: PNG file to write.
+        suptitle: figure title.
+    """
+    fig, axes = figure(1, len(panels), width=width, height=height)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        items = [(k, v if isinstance(v, tuple) else (v, 0.0)) for k, v in panel["bars"].items()]
+        items = [(k, v) for k, v in items if v[0] is not None and v[0] == v[0]]
+        if items:
+            xs = range(len(items))
+            ax.bar(xs, [v for _, (v, _) in items], yerr=[e for _, (_, e) in items], capsize=3)
+            ax.set_xticks(list(xs), [k for k, _ in items], rotation=30, ha="right", fontsize=8)
+        ax.set_title(panel.get("title", ""))
+        ax.set_ylabel(panel.get("ylabel", ""))
+    if suptitle:
+        fig.suptitle(suptitle)
+    return save(fig, path)
+
+
 # ---------------------------------------------------------------- article 7 (init geometry)
 def plot_angle_histograms(
     samples: dict[int, torch.Tensor],

@@ -272,18 +272,27 @@ def pm(values: list[float], digits: int = 2) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f} (n={len(values)})"
 
 
-def rank_claim(a_name: str, a: list[float], b_name: str, b: list[float], digits: int = 2) -> str:
+def rank_claim(
+    a_name: str,
+    a: list[float],
+    b_name: str,
+    b: list[float],
+    digits: int = 2,
+    lower_is_better: bool = False,
+) -> str:
     """A ranking statement that respects seed noise.
 
-    ``"A > B"`` only when the mean gap exceeds the larger of the two sample stds (and both have
-    >= 3 seeds); otherwise ``"A ≈ B (within noise)"``. Higher is better.
+    ``"A > B by gap (spread s)"`` only when the mean gap exceeds the larger of the two sample
+    stds (and both have >= 3 seeds); otherwise ``"A ≈ B (within noise: ...)"``. Higher is better,
+    or with ``lower_is_better`` (losses, bits/char) the better one is named first with ``"<"``.
     """
     ma, sa = mean_std(a)
     mb, sb = mean_std(b)
     gap = ma - mb
     if min(len(a), len(b)) >= 3 and abs(gap) > max(sa, sb):
-        hi, lo = (a_name, b_name) if gap > 0 else (b_name, a_name)
-        return f"{hi} > {lo} by {abs(gap):.{digits}f} (spread {max(sa, sb):.{digits}f})"
+        hi, lo = (a_name, b_name) if (gap > 0) != lower_is_better else (b_name, a_name)
+        sign = "<" if lower_is_better else ">"
+        return f"{hi} {sign} {lo} by {abs(gap):.{digits}f} (spread {max(sa, sb):.{digits}f})"
     return (
         f"{a_name} ≈ {b_name} (within noise: gap {gap:+.{digits}f}, spread {max(sa, sb):.{digits}f}"
         f", n={min(len(a), len(b))})"

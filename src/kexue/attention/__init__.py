@@ -1,11 +1,12 @@
 """kexue.attention: sparse attention that really saves time and memory (article 1).
 
 Functional kernels on ``(b, h, n, e)`` tensors (:mod:`kexue.attention.functional`), dense reference
-masks and pictures as data (:mod:`kexue.attention.patterns`), modules, Transformer blocks and a
-causal character LM (:mod:`kexue.attention.lm`); :mod:`kexue.attention.recipe` trains it on the
+masks and pictures as data (:mod:`kexue.attention.patterns`), KV caches for decoding
+(:mod:`kexue.attention.cache`), modules, Transformer blocks and a causal character LM (:mod:`kexue.attention.lm`); :mod:`kexue.attention.recipe` trains it on the
 shipped text.
 """
 
+from kexue.attention.cache import BoundedKVCache, KVCache
 from kexue.attention.functional import (
     atrous_attention,
     attention,
@@ -16,7 +17,7 @@ from kexue.attention.functional import (
     sparse_attention,
     strided_attention,
 )
-from kexue.attention.layers import KVCache, MultiHeadCrossAttention, MultiHeadSelfAttention
+from kexue.attention.layers import MultiHeadCrossAttention, MultiHeadSelfAttention
 from kexue.attention.lm import CharLM
 from kexue.attention.patterns import (
     KINDS,
@@ -33,6 +34,7 @@ from kexue.attention.transformer import (
 
 __all__ = [
     "KINDS",
+    "BoundedKVCache",
     "CharLM",
     "DecoderCache",
     "KVCache",

@@ -12,60 +12,27 @@ does; Su's layers have neither. Not a drop-in for ``nn.MultiheadAttention``: the
 batch-first, take one input (self-attention) and return one tensor, and ``key_padding_mask`` is
 True = valid token, the opposite of torch's (pass ``~torch_mask``).
 
-Incremental decoding: with a :class:`KVCache`, the new tokens (positions ``t0 .. t0 + t - 1``)
-attend the cached keys plus themselves under the causal pattern. A first call on an empty cache
-uses the blocked kernel; later calls use a dense ``(t, t0 + t)`` row mask of the pattern (cheap for
-a few new tokens). The cache keeps every key (the local pattern could trim it; not done).
+Incremental decoding: with a cache (:mod:`kexue.attention.cache`), the new tokens (positions
+``t0 .. t0 + t - 1``) attend the cached keys plus themselves under the causal pattern. A first
+call on an empty cache uses the blocked kernel; later calls score the new queries against the
+cached keys with a dense row mask of the pattern built from the keys' positions (cheap for a few
+new tokens). :class:`KVCache` keeps every key; :class:`BoundedKVCache` keeps only the keys a later
+query can attend (a ring of ``w + 1`` keys for local(w): O(w) memory and time per token).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from kexue.attention.functional import attention, full_attention, masked_attention
-from kexue.attention.patterns import KINDS, allowed, head_parts, resolve_params
+from kexue.attention.cache import BoundedKVCache, KVCache, Part
+from kexue.attention.functional import attention, full_attention
+from kexue.attention.patterns import KINDS, allowed, decode_retention, head_parts, resolve_params
 from kexue.core.checks import check_positive_int, check_shape
-
-
-@dataclass
-class KVCache:
-    """Keys/values (and key validity) of the tokens seen so far.
-
-    Attributes:
-        k: ``(b, h, t, e)`` or None before the first call.
-        v: ``(b, h, t, e)`` or None.
-        mask: ``(b, t)`` bool, True = valid key, or None.
-    """
-
-    k: torch.Tensor | None = None
-    v: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-
-    @property
-    def length(self) -> int:
-        """Number of cached positions ``t``."""
-        return 0 if self.k is None else self.k.shape[2]
-
-    def append(
-        self, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Append ``k, v (b, h, t_new, e)`` and ``mask (b, t_new)``; return the full tensors."""
-        if self.k is None:
-            self.k, self.v, self.mask = k, v, mask
-        else:
-            self.k = torch.cat([self.k, k], 2)
-            self.v = torch.cat([self.v, v], 2)
-            self.mask = torch.cat([self.mask, mask], 1)
-        return self.k, self.v, self.mask
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows ``index (b',)`` in place (beam search)."""
-        if self.k is not None:
-            self.k, self.v, self.mask = self.k[index], self.v[index], self.mask[index]
 
 
 def _check_dims(embed_dim: int, num_heads: int, dropout: float) -> None:
@@ -149,39 +116,77 @@ class MultiHeadSelfAttention(nn.Module):
             self.qkv(x), "b n (three h e) -> three b h n e", three=3, h=self.num_heads
         )
         p = self.dropout if self.training else 0.0
-        if cache is None or cache.length == 0:
-            if cache is not None:
-                if not self.causal:
-                    raise ValueError("a KV cache needs causal=True")
-                mask = key_padding_mask
-                if mask is None:
-                    mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-                cache.append(k, v, mask)
-            o = attention(
-                q, k, v, self.pattern, causal=self.causal, key_padding_mask=key_padding_mask,
-                dropout_p=p, **self.params,
-            )  # fmt: skip
+        if cache is None:
+            o = self._full(q, k, v, key_padding_mask, p)
         else:
-            o = self._decode(q, k, v, key_padding_mask, cache, p)
+            o = self._cached(q, k, v, key_padding_mask, cache, p)
         return self.out_proj(rearrange(o, "b h n e -> b n (h e)"))
 
-    def _decode(self, q, k, v, key_padding_mask, cache: KVCache, p: float) -> torch.Tensor:
+    def new_cache(self, *, bounded: bool = True) -> KVCache | BoundedKVCache:
+        """An empty cache for this layer: :class:`BoundedKVCache` (only the keys a later query
+        can attend) or, with ``bounded=False``, :class:`KVCache` (every key)."""
+        return BoundedKVCache() if bounded else KVCache()
+
+    def _full(self, q, k, v, key_padding_mask, p: float) -> torch.Tensor:
+        return attention(
+            q, k, v, self.pattern, causal=self.causal, key_padding_mask=key_padding_mask,
+            dropout_p=p, **self.params,
+        )  # fmt: skip
+
+    def _cached(self, q, k, v, key_padding_mask, cache, p: float) -> torch.Tensor:
+        """Prefill with the blocked kernel on an empty cache; then attend the cached keys."""
         if not self.causal:
             raise ValueError("a KV cache needs causal=True")
         t0, t = cache.length, q.shape[2]
         mask = key_padding_mask
         if mask is None:
             mask = torch.ones(q.shape[0], t, dtype=torch.bool, device=q.device)
-        k_all, v_all, m_all = cache.append(k, v, mask)
-        qpos = torch.arange(t0, t0 + t, device=q.device)[:, None]
-        kpos = torch.arange(t0 + t, device=q.device)[None, :]
-        rows = torch.stack(
-            [
-                allowed(self.pattern, qpos, kpos, causal=True, part=part, **self.params)
-                for part in head_parts(self.pattern, self.num_heads)
-            ]
-        )  # (h, t, t0 + t)
-        return masked_attention(q, k_all, v_all, rows, key_padding_mask=m_all, dropout_p=p)
+        retention = decode_retention(self.pattern, **self.params)
+        if t0 == 0:
+            cache.push(k, v, mask, retention)
+            return self._full(q, k, v, key_padding_mask, p)
+        if cache.keeps_all:  # every key stays: push all new keys, answer all queries at once
+            cache.push(k, v, mask, retention)
+            return self._attend_parts(q, t0, cache.parts(), p)
+        outs = []  # the cache may drop keys: one token at a time, each sees what it needs
+        for i in range(t):
+            sl = slice(i, i + 1)
+            cache.push(k[:, :, sl], v[:, :, sl], mask[:, sl], retention)
+            outs.append(self._attend_parts(q[:, :, sl], t0 + i, cache.parts(), p))
+        return torch.cat(outs, 2)
+
+    def _attend_parts(self, q: torch.Tensor, t0: int, parts: list[Part], p: float):
+        """One softmax of queries at positions ``t0 .. t0 + t - 1`` over the union of ``parts``.
+
+        .. math:: O = \\sum_{\\text{parts}} \\mathrm{softmax}_{\\cup}(\\alpha q K^\\top +
+            \\log M)\\, V,\\qquad M_{ij} = \\mathrm{allowed}(t_0 + i, \\mathrm{pos}_j)
+            \\wedge \\mathrm{valid}_j .
+
+        ``q (b, h, t, e)``; each part ``(k (b, h, s, e), v, valid (b, s), pos (s,))``. Returns
+        ``(b, h, t, e)``; rows with no allowed key are zeros.
+        """
+        qpos = torch.arange(t0, t0 + q.shape[2], device=q.device)[:, None]
+        kinds = head_parts(self.pattern, self.num_heads)
+        scores, values = [], []
+        for k, v, valid, pos in parts:
+            rows = {
+                pa: allowed(self.pattern, qpos, pos[None, :], causal=True, part=pa, **self.params)
+                for pa in set(kinds)
+            }  # (t, s) per sub-pattern; strided/fixed split the heads
+            ok = torch.stack([rows[pa] for pa in kinds]) if len(rows) > 1 else rows[kinds[0]][None]
+            ok = ok[None] & valid[:, None, None, :]  # (b, h|1, t, s)
+            s = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            scores.append(s.masked_fill_(~ok, -math.inf))
+            values.append(v)
+        s = torch.cat(scores, -1)
+        has_key = torch.isfinite(s).any(-1, keepdim=True)
+        w = torch.softmax(s.masked_fill(~has_key, 0.0), -1) * has_key  # safe softmax
+        w = F.dropout(w, p)
+        out, lo = 0, 0
+        for v in values:
+            out = out + torch.matmul(w[..., lo : lo + v.shape[2]], v)
+            lo += v.shape[2]
+        return out
 
 
 class MultiHeadCrossAttention(nn.Module):

@@ -27,6 +27,7 @@ kernels implement.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -140,6 +141,37 @@ def allowed(
     if causal:
         ok = ok & (d >= 0)
     return ok
+
+
+def decode_retention(
+    kind: str, **params: Any
+) -> tuple[int, Callable[[torch.Tensor], torch.Tensor]]:
+    """Which past keys a causal decoder still needs: ``(window, keep)``.
+
+    After the queries ``0 .. T-1`` have been answered, key ``j < T`` is attended by a later causal
+    query ``t' >= T`` (some head) iff ``j >= T - window`` or ``keep(j)``:
+
+    * full, atrous(r), sparse(r, w), strided(l): ``keep`` is always True (the residue class of
+      ``t' = j + m r`` sweeps every key; window ``0``, ``w``, ``l - 1`` for the local parts);
+    * local(w): window ``w``, ``keep`` never (the last ``w`` keys);
+    * fixed(l, c): window ``l - 1`` (covers the current block), ``keep(j) = j mod l >= l - c``
+      (the summary columns).
+
+    Args:
+        kind: one of :data:`KINDS`.
+        **params: the pattern's hyper-parameters (see :func:`resolve_params`).
+
+    Returns:
+        ``window >= 0`` and ``keep(pos (s,) long) -> (s,) bool``.
+    """
+    p = resolve_params(kind, **params)
+    if kind == "local":
+        return p["window"], lambda pos: torch.zeros_like(pos, dtype=torch.bool)
+    if kind == "fixed":
+        l, c = p["stride"], p["summary"]
+        return l - 1, lambda pos: pos.remainder(l) >= l - c
+    window = {"sparse": p.get("window", 0), "strided": p.get("stride", 1) - 1}.get(kind, 0)
+    return window, lambda pos: torch.ones_like(pos, dtype=torch.bool)
 
 
 def pattern_mask(

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from kexue.attention.layers import KVCache, MultiHeadCrossAttention, MultiHeadSelfAttention
+from kexue.attention.cache import BoundedKVCache, KVCache
+from kexue.attention.layers import MultiHeadCrossAttention, MultiHeadSelfAttention
 from kexue.core.checks import check_positive_int
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
@@ -39,9 +40,13 @@ def _ffn(embed_dim: int, ffn_dim: int | None, dropout: float, activation: str) -
 
 @dataclass
 class DecoderCache:
-    """Per-block decoding state: self-attention keys/values and the projected memory."""
+    """Per-block decoding state: self-attention keys/values and the projected memory.
 
-    self_attn: KVCache = field(default_factory=KVCache)
+    ``self_attn`` may be a :class:`BoundedKVCache` (only the keys a later query can attend:
+    O(w) memory for a local pattern); :meth:`TransformerDecoderBlock.new_cache` builds one.
+    """
+
+    self_attn: KVCache | BoundedKVCache = field(default_factory=KVCache)
     cross_attn: KVCache = field(default_factory=KVCache)
 
     @property
@@ -165,6 +170,11 @@ class TransformerDecoderBlock(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.ffn = _ffn(embed_dim, ffn_dim, dropout, activation)
         self.drop = nn.Dropout(dropout)
+
+    def new_cache(self, *, bounded: bool = True) -> DecoderCache:
+        """An empty :class:`DecoderCache`; ``bounded``: the self-attention cache is a
+        :class:`BoundedKVCache` (keeps only the keys a later query of the pattern can attend)."""
+        return DecoderCache(self_attn=self.self_attn.new_cache(bounded=bounded))
 
     def forward(
         self,

@@ -118,8 +118,13 @@ def test_an_earlier_run_is_kept_unless_overwrite(tmp_path):
     assert run(*args).returncode == 0
     stamp = (out / "results.json").read_text()
     r = run(*args)
-    assert r.returncode == 2 and "holds an earlier run; pass --overwrite" in r.stderr
+    assert r.returncode == 2 and "holds an earlier run" in r.stderr and "--overwrite" in r.stderr
     assert (out / "results.json").read_text() == stamp  # untouched
+    # init-geometry has no resume support: --resume says so in one line instead of rerunning
+    r = run(*args, "--resume")
+    assert r.returncode == 2 and "cannot resume" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = run(*args, "--resume", "--overwrite")
+    assert r.returncode == 2 and "not both" in r.stderr
     (out / "stale.txt").write_text("from the earlier run")
     r = run(*args, "--overwrite")
     assert r.returncode == 0, r.stderr

@@ -65,7 +65,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out)
     for name in names:
         run_dir = out / name if len(names) > 1 else out
-        res = reproduce(name, args.scale, run_dir, overrides, not args.no_progress, args.overwrite)
+        res = reproduce(
+            name, args.scale, run_dir, overrides, not args.no_progress, args.overwrite, args.resume
+        )
         print(f"{name}: {res.headline}")
         print(f"  -> {run_dir}/results.json ({res.provenance.wall_time_s:.1f} s)")
     return 0
@@ -85,8 +87,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"== {name} ({args.scale})", flush=True)
         try:
             res = reproduce(
-                name, args.scale, out / name, overrides, not args.no_progress, args.overwrite
-            )
+                name, args.scale, out / name, overrides, not args.no_progress, args.overwrite,
+                args.resume,
+            )  # fmt: skip
             print(f"   {res.headline} [{res.provenance.wall_time_s:.0f} s]", flush=True)
         except Exception as exc:  # one failing experiment must not hide the others
             failures[name] = f"{type(exc).__name__}: {exc}"
@@ -161,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--overwrite",
             action="store_true",
             help="replace an earlier run in the output directory",
+        )
+        s.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue an interrupted run in the output directory (same scale and overrides; "
+            "experiments that cannot resume say so)",
         )
         s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 

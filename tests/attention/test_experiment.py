@@ -54,3 +54,30 @@ def test_config_fields_are_validated(tmp_path, override, field):
 
     with pytest.raises(ValueError, match=field):
         reproduce("sparse-attention", "smoke", tmp_path, parse_overrides([override]), False)
+
+
+def test_an_interrupted_run_resumes_and_reuses_finished_equal_time_runs(tmp_path):
+    from kexue.experiments.runner import parse_overrides
+
+    small = parse_overrides(["patterns=full", "long_patterns=full,local", "time_budget_s=0.2"])
+    first = reproduce("sparse-attention", "smoke", tmp_path, small, False)
+    cached = sorted(p.name for p in (tmp_path / "equal_time").iterdir())
+    assert cached == ["full_s0.json", "local_s0.json"]
+    # interrupt after the first equal-time run: no results.json, one run to redo
+    (tmp_path / "results.json").unlink()
+    (tmp_path / "equal_time" / "local_s0.json").unlink()
+    kept = (tmp_path / "equal_time" / "full_s0.json").read_text()
+    again = reproduce("sparse-attention", "smoke", tmp_path, small, False, resume=True)
+    assert (tmp_path / "equal_time" / "full_s0.json").read_text() == kept  # reused, not rerun
+    assert again.metrics["long_test_bpc_full"] == first.metrics["long_test_bpc_full"]
+    # the short-arm LM resumed from its final checkpoint: same weights, same test bpc
+    assert again.metrics["test_bpc_full"] == first.metrics["test_bpc_full"]
+    with pytest.raises(ValueError, match="finished run"):
+        reproduce("sparse-attention", "smoke", tmp_path, small, False, resume=True)
+    (tmp_path / "results.json").unlink()
+    other = parse_overrides(["patterns=full", "long_patterns=full,local", "time_budget_s=0.3"])
+    with pytest.raises(ValueError, match="different config.*time_budget_s"):
+        reproduce("sparse-attention", "smoke", tmp_path, other, False, resume=True)
+    (tmp_path / "equal_time" / "full_s0.json").write_text("{not json")
+    with pytest.raises(ValueError, match="full_s0.json: not a finished equal-time run"):
+        reproduce("sparse-attention", "smoke", tmp_path, small, False, resume=True)

@@ -5,9 +5,10 @@ The only module of :mod:`kexue.attention` that imports :mod:`kexue.data` and :mo
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from torch.utils.data import TensorDataset
 
 from kexue import data
 from kexue.attention.lm import CharLM, bits_per_char
+from kexue.core.io import atomic_write_json
 from kexue.core.seed import seed_everything
 from kexue.core.timing import peak_extra_mib
 from kexue.train import TrainConfig, Trainer
@@ -98,12 +100,19 @@ class LMRun:
 
 
 def train_char_lm(
-    corpus: CharCorpus, pattern: str, setup: LMSetup, out_dir: Path, progress: bool = True
+    corpus: CharCorpus,
+    pattern: str,
+    setup: LMSetup,
+    out_dir: Path,
+    progress: bool = True,
+    resume: bool = False,
 ) -> LMRun:
     """Train a :class:`~kexue.attention.lm.CharLM` with ``pattern`` through the Trainer.
 
     Seeded with ``setup.seed`` before the model is built, so every pattern starts from the
-    same embedding/position initialisation. Test bpc is measured on ``corpus.test``.
+    same embedding/position initialisation. Test bpc is measured on ``corpus.test``. ``resume``
+    continues from the newest checkpoint in ``out_dir`` (bit-exact; tokens/s then covers the
+    resumed part only).
     """
     train, valid, test = (
         windows(x, setup.seq_len) for x in (corpus.train, corpus.valid, corpus.test)
@@ -137,7 +146,7 @@ def train_char_lm(
         out_dir=out_dir, progress=progress,
     )  # fmt: skip
     t0 = time.perf_counter()
-    hist = trainer.fit()
+    hist = trainer.fit(resume=resume)
     train_s = time.perf_counter() - t0
     tps = hist.get("tokens_per_s") or steps * setup.batch_size * setup.seq_len / train_s
     return LMRun(
@@ -300,14 +309,36 @@ def equal_time_runs(
     seeds: tuple[int, ...],
     setup: BudgetSetup,
     progress: bool = True,
+    cache_dir: Path | None = None,
 ) -> dict[str, list[BudgetRun]]:
     """:func:`train_char_lm_budget` for every pattern and seed; ``{pattern: [run per seed]}``.
 
     Seeds are the outer loop so a run that is stopped part-way has every pattern at the first
-    seeds rather than some patterns only.
+    seeds rather than some patterns only. With ``cache_dir`` every finished run is written there
+    (``{pattern}_s{seed}.json``, atomically, with its setup) and one already there is reused, so
+    an interrupted arm resumes at run granularity; a cached run of another setup is refused.
     """
     runs: dict[str, list[BudgetRun]] = {p: [] for p in patterns}
     for s in seeds:
         for p in patterns:
-            runs[p].append(train_char_lm_budget(corpus, p, replace(setup, seed=s), progress))
+            one = replace(setup, seed=s)
+            path = None if cache_dir is None else Path(cache_dir) / f"{p}_s{s}.json"
+            run = _cached_run(path, one) if path is not None and path.exists() else None
+            if run is None:
+                run = train_char_lm_budget(corpus, p, one, progress)
+                if path is not None:
+                    atomic_write_json(path, {"setup": asdict(one), "run": asdict(run)})
+            runs[p].append(run)
     return runs
+
+
+def _cached_run(path: Path, setup: BudgetSetup) -> BudgetRun:
+    try:
+        blob = json.loads(path.read_text())
+        stored, run = blob["setup"], blob["run"]
+        if stored != json.loads(json.dumps(asdict(setup))):
+            raise ValueError(f"{path}: a run of another setup; pass --overwrite to start again")
+        run["curve"] = [tuple(row) for row in run["curve"]]
+        return BudgetRun(**run)
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a finished equal-time run ({e})") from None

@@ -62,8 +62,9 @@ register(
         module="kexue.experiments.sparse_attention",
         article="为节约而生：从标准Attention到稀疏Attention “Born to save: from standard to sparse attention” (2019-07-27)",
         part="kexue.attention",
-        summary="atrous/local/sparse attention in O(n*w): speed, memory and char-LM quality vs full",
-        full_time="~1.5-2 h (estimate: 4 patterns x 3000 steps at context 512, width 256, 4 layers)",
+        summary="atrous/local/sparse attention in O(n*w): speed, memory, char-LM quality at equal time",
+        full_time="~5 h (estimate: 4 patterns x 3000 steps at context 512, then 6 patterns x 3 seeds"
+        " x 600 s at context 8192)",
     )
 )
 register(

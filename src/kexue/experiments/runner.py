@@ -7,6 +7,8 @@ resolved config), the experiment's PNG plots and ``section.md`` (its markdown re
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 import platform
 import shutil
 import sys
@@ -108,6 +110,7 @@ def reproduce(
     overrides: dict[str, str] | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> Result:
     """Run experiment ``name`` at ``scale`` into ``out_dir`` and return its :class:`Result`.
 
@@ -116,6 +119,11 @@ def reproduce(
     and one that holds an earlier run (``config.json`` or ``results.json``) unless ``overwrite``,
     in which case the earlier run directory is removed first, so nothing of it (checkpoints,
     metrics) mixes with the new run.
+
+    ``resume`` continues an interrupted run in ``out_dir``: the stored ``config.json`` must equal
+    this run's config (scale and overrides included), there must be no ``results.json`` yet, and
+    the experiment's ``run()`` must take a ``resume`` argument (it then reuses the parts that
+    finished: training checkpoints, finished sub-runs); otherwise ``ValueError``.
     """
     from kexue.report.markdown import render_section  # report sits beside, not below, experiments
 
@@ -125,15 +133,23 @@ def reproduce(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
-    if (out / "config.json").exists() or (out / "results.json").exists():
+    config = dataclasses.asdict(cfg)
+    kwargs = {"resume": True} if resume else {}
+    if resume:
+        if overwrite:
+            raise ValueError("pass either --resume or --overwrite, not both")
+        _check_resumable(module, out, config)
+    elif (out / "config.json").exists() or (out / "results.json").exists():
         if not overwrite:
-            raise ValueError(f"--out {out} holds an earlier run; pass --overwrite to replace it")
+            raise ValueError(
+                f"--out {out} holds an earlier run; pass --resume to continue it or --overwrite "
+                "to replace it"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.asdict(cfg)
     atomic_write_json(out / "config.json", config)
     t0 = time.perf_counter()
-    res = module.run(cfg, out, progress=progress)
+    res = module.run(cfg, out, progress=progress, **kwargs)
     wall = time.perf_counter() - t0
     if not isinstance(res, Result):
         raise TypeError(f"{module.__name__}.run() must return kexue.report.Result, got {type(res)}")
@@ -151,3 +167,31 @@ def reproduce(
     atomic_write_json(out / "results.json", res.to_json())
     atomic_write_text(out / "section.md", render_section(res))
     return res
+
+
+def _check_resumable(module: Any, out: Path, config: dict[str, Any]) -> None:
+    """Refuse ``resume`` unless ``out`` holds an unfinished run of the same config."""
+    if "resume" not in inspect.signature(module.run).parameters:
+        raise ValueError(
+            f"{module.__name__} cannot resume (its run() has no resume argument); rerun with "
+            "--overwrite"
+        )
+    if (out / "results.json").exists():
+        raise ValueError(f"--out {out} holds a finished run; pass --overwrite to redo it")
+    path = out / "config.json"
+    if not path.exists():
+        return  # nothing started yet: a resumed run is a fresh run
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable run config ({e}); pass --overwrite") from None
+    if stored != json.loads(json.dumps(config)):
+        diff = sorted(
+            k
+            for k in set(stored) | set(config)
+            if stored.get(k) != json.loads(json.dumps(config)).get(k)
+        )
+        raise ValueError(
+            f"{path} was written with a different config ({', '.join(diff)}); resume needs the "
+            "same scale and overrides, or pass --overwrite"
+        )

@@ -98,7 +98,7 @@ class Config:
     long_rate: int = 32
     long_batch_size: int = 2
     long_lr: float = 2e-3
-    time_budget_s: float = 20.0
+    time_budget_s: float = 15.0
     long_eval_every_s: float = 5.0
     long_eval_windows: int = 8
     long_seeds: tuple[int, ...] = (0, 1, 2)
@@ -185,13 +185,18 @@ def _pictures(cfg: Config, out_dir: Path) -> str:
                        suptitle="query i (row) attends key j (column); strided/fixed: blue = heads A1, orange = A2")  # fmt: skip
 
 
-def run(cfg: Config, out_dir: Path, progress: bool = True) -> Result:
-    """Pictures, time/memory vs n, char-LM quality; writes PNGs into ``out_dir``."""
+def run(cfg: Config, out_dir: Path, progress: bool = True, resume: bool = False) -> Result:
+    """Pictures, time/memory vs n, char-LM quality; writes PNGs into ``out_dir``.
+
+    ``resume`` (``kexue reproduce --resume``) continues the LM runs of an interrupted run in
+    ``out_dir`` from their checkpoints and reuses its finished equal-time runs; the kernel
+    benchmark is re-measured.
+    """
     with num_threads(cfg.threads):
-        return _run(cfg, Path(out_dir), progress)
+        return _run(cfg, Path(out_dir), progress, resume)
 
 
-def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
+def _run(cfg: Config, out_dir: Path, progress: bool, resume: bool) -> Result:
     out_dir.mkdir(parents=True, exist_ok=True)
     # fixes glibc's mmap threshold (the memory probe lowers it) before anything is timed, so
     # every run below is timed under the same allocator settings
@@ -217,7 +222,10 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
 
     setup = LMSetup(**{f: getattr(cfg, f) for f in LMSetup.__dataclass_fields__})
     corpus = char_corpus(cfg.train_chars, cfg.eval_chars, cfg.vocab_size)
-    runs = {p: train_char_lm(corpus, p, setup, out_dir / f"lm_{p}", progress) for p in cfg.patterns}
+    runs = {
+        p: train_char_lm(corpus, p, setup, out_dir / f"lm_{p}", progress, resume)
+        for p in cfg.patterns
+    }
     curves = {f"{k} (test {r.test_bpc:.3f})": ([s for s, _ in r.curve], [b for _, b in r.curve]) for k, r in runs.items()}  # fmt: skip
     res.plot(
         line_panels(
@@ -330,7 +338,9 @@ def _equal_time(cfg: Config, corpus, res: Result, out_dir: Path, progress: bool,
     """The long-context, equal-time arm: runs, plots, metrics, table, comparison; a headline."""
     kw = {f.name: getattr(cfg, "long_" + f.name) for f in fields(BudgetSetup) if hasattr(cfg, "long_" + f.name)}  # fmt: skip
     setup = BudgetSetup(**kw, budget_s=cfg.time_budget_s, clock=cfg.clock)  # fmt: skip
-    runs = equal_time_runs(corpus, cfg.long_patterns, cfg.long_seeds, setup, progress)
+    runs = equal_time_runs(
+        corpus, cfg.long_patterns, cfg.long_seeds, setup, progress, out_dir / "equal_time"
+    )
     n, budget, lines = (
         cfg.long_seq_len,
         f"{cfg.time_budget_s:g} s",

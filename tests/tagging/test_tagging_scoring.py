@@ -18,8 +18,10 @@ LABELS = ("PER", "LOC", "ORG")
 def _tags(scheme: str):
     prefixes = ["B", "I"] + (["E", "S"] if scheme == "BIOES" else [])
     tag = st.one_of(
-        st.just("O"), st.builds(lambda p, lab: f"{p}-{lab}", st.sampled_from(prefixes),
-                                st.sampled_from(LABELS))  # fmt: skip
+        st.just("O"),
+        st.builds(
+            lambda p, lab: f"{p}-{lab}", st.sampled_from(prefixes), st.sampled_from(LABELS)
+        ),  # fmt: skip
     )
     return st.lists(st.lists(tag, min_size=1, max_size=8), min_size=1, max_size=6)
 

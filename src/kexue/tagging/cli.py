@@ -72,19 +72,31 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     )
     sub = tag.add_subparsers(dest="tag_command", metavar="SUBCOMMAND", parser_class=type(tag))
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    _add_train(sub.add_parser("train", help="train a tagger and save it to --out", formatter_class=fmt))
-    e = sub.add_parser("evaluate", help="score a trained tagger on a test file", formatter_class=fmt)
+    _add_train(
+        sub.add_parser("train", help="train a tagger and save it to --out", formatter_class=fmt)
+    )
+    e = sub.add_parser(
+        "evaluate", help="score a trained tagger on a test file", formatter_class=fmt
+    )
     e.add_argument("--model", required=True, metavar="DIR", help="directory written by `tag train`")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--test", metavar="FILE", help="gold-tagged test file")
     src.add_argument("--data", metavar="NAME", help="registered dataset (scored on --split)")
     e.add_argument("--split", default="test", help="split of --data")
-    e.add_argument("--format", choices=FORMATS, help="format of --test (default: the model's "
-                   "task: segmented for segmenters, conll for entity models)")
+    e.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="format of --test (default: the model's "
+        "task: segmented for segmenters, conll for entity models)",
+    )
     e.add_argument("--token-col", type=int, default=0, help="CoNLL token column")
     e.add_argument("--tag-col", type=int, default=-1, help="CoNLL tag column (-1: last)")
-    e.add_argument("--output", metavar="FILE", help="write the predictions here, in the test "
-                   "file's format (conll: token<TAB>predicted tag)")
+    e.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write the predictions here, in the test "
+        "file's format (conll: token<TAB>predicted tag)",
+    )
     e.add_argument("--json", metavar="FILE", help="write all scores as JSON here")
     e.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch")
     e.set_defaults(func=cmd_evaluate)
@@ -93,16 +105,28 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR", help="directory written by `tag train`")
     p.add_argument("--input", default="-", metavar="FILE", help="input text (-: stdin)")
     p.add_argument("--output", default="-", metavar="FILE", help="where to write (-: stdout)")
-    p.add_argument("--input-format", choices=INPUT_FORMATS, default="raw",
-                   help="raw lines, segmented lines (words separated by spaces) or CoNLL")
-    p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="text",
-                   help="text (words / sentence<TAB>LABEL:entity ...), conll (token<TAB>tag), "
-                   "json (spans) or segmented (segmenters)")
+    p.add_argument(
+        "--input-format",
+        choices=INPUT_FORMATS,
+        default="raw",
+        help="raw lines, segmented lines (words separated by spaces) or CoNLL",
+    )
+    p.add_argument(
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        default="text",
+        help="text (words / sentence<TAB>LABEL:entity ...), conll (token<TAB>tag), "
+        "json (spans) or segmented (segmenters)",
+    )
     p.add_argument("--json", action="store_true", help="same as --output-format json")
     p.add_argument("--token-col", type=int, default=0, help="CoNLL input token column")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch")
-    p.add_argument("--chunk", type=int, default=2048, help="sentences read, tagged and written "
-                   "at a time (the input is streamed)")
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=2048,
+        help="sentences read, tagged and written at a time (the input is streamed)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
     return tag
@@ -113,9 +137,14 @@ def _add_train(t: argparse.ArgumentParser) -> None:
     src.add_argument("--data", metavar="NAME", help="registered dataset, e.g. ud-gsd-cws, msra-ner")
     src.add_argument("--train", metavar="FILE", help="your own training file")
     t.add_argument("--dev", metavar="FILE", help="your own dev file for model selection")
-    t.add_argument("--dev-fraction", type=float, default=0.1, help="without a dev file or "
-                   "split: hold out this share of the training sentences (every k-th, at most "
-                   "2000) for model selection (0: no dev, keep the last weights)")
+    t.add_argument(
+        "--dev-fraction",
+        type=float,
+        default=0.1,
+        help="without a dev file or "
+        "split: hold out this share of the training sentences (every k-th, at most "
+        "2000) for model selection (0: no dev, keep the last weights)",
+    )
     t.add_argument("--format", choices=FORMATS, help="format of --train/--dev files")
     t.add_argument("--token-col", type=int, default=0, help="CoNLL token column")
     t.add_argument("--tag-col", type=int, default=-1, help="CoNLL tag column (-1: last)")
@@ -135,30 +164,65 @@ def _add_train(t: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    t.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="at most this many "
-                   "passes over the training data")
-    t.add_argument("--patience", type=int, default=DEFAULTS["patience"], help="stop after this "
-                   "many dev evaluations without a better dev F1 (0: never)")
-    t.add_argument("--eval-every", type=int, default=0, help="evaluate dev every N steps (0: "
-                   "once per epoch)")
-    t.add_argument("--max-minutes", type=float, default=0.0, help="stop cleanly after this "
-                   "many minutes of training, keeping the best dev weights (0: no limit)")
-    t.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="sentences per step")
+    t.add_argument(
+        "--epochs",
+        type=int,
+        default=DEFAULTS["epochs"],
+        help="at most this many passes over the training data",
+    )
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=DEFAULTS["patience"],
+        help="stop after this many dev evaluations without a better dev F1 (0: never)",
+    )
+    t.add_argument(
+        "--eval-every", type=int, default=0, help="evaluate dev every N steps (0: once per epoch)"
+    )
+    t.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="stop cleanly after this "
+        "many minutes of training, keeping the best dev weights (0: no limit)",
+    )
+    t.add_argument(
+        "--batch-size", type=int, default=DEFAULTS["batch_size"], help="sentences per step"
+    )
     t.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
-    t.add_argument("--dropout", type=float, default=DEFAULTS["dropout"],
-                   help="dropout on embeddings and encoder output")
+    t.add_argument(
+        "--dropout",
+        type=float,
+        default=DEFAULTS["dropout"],
+        help="dropout on embeddings and encoder output",
+    )
     t.add_argument("--embed-dim", type=int, default=128, help="token embedding size")
     t.add_argument("--hidden-dim", type=int, default=128, help="encoder width")
     t.add_argument("--num-layers", type=int, default=3, help="encoder layers")
     u = t.add_argument_group("unknown tokens")
-    u.add_argument("--min-freq", type=int, default=DEFAULTS["min_freq"], help="tokens seen "
-                   "fewer times in training map to <unk>")
-    u.add_argument("--word-dropout", type=float, default=DEFAULTS["word_dropout"], help="in "
-                   "training, replace each token by <unk> with this probability")
-    u.add_argument("--char-filters", type=int, help="char CNN output size for --units words "
-                   f"(None: {DEFAULTS['char_filters']} with --units words; 0: no char CNN)")
-    u.add_argument("--lowercase", action="store_true", help="lowercase tokens for the "
-                   "vocabulary and add a case feature (Title, UPPER, ...)")
+    u.add_argument(
+        "--min-freq",
+        type=int,
+        default=DEFAULTS["min_freq"],
+        help="tokens seen fewer times in training map to <unk>",
+    )
+    u.add_argument(
+        "--word-dropout",
+        type=float,
+        default=DEFAULTS["word_dropout"],
+        help="in training, replace each token by <unk> with this probability",
+    )
+    u.add_argument(
+        "--char-filters",
+        type=int,
+        help="char CNN output size for --units words "
+        f"(None: {DEFAULTS['char_filters']} with --units words; 0: no char CNN)",
+    )
+    u.add_argument(
+        "--lowercase",
+        action="store_true",
+        help="lowercase tokens for the vocabulary and add a case feature (Title, UPPER, ...)",
+    )
     t.add_argument("--max-len", type=int, default=100, help="cut training sentences to this length")
     t.add_argument(
         "--max-train", type=int, default=0, help="use the first N training sentences (0: all)"
@@ -409,7 +473,10 @@ def _read_test(args: argparse.Namespace, task: str) -> tuple[list, str]:
         del train
         from kexue import data
 
-        sents, fmt = data.load(args.data, args.split), "segmented" if data_task == "cws" else "conll"
+        sents, fmt = (
+            data.load(args.data, args.split),
+            "segmented" if data_task == "cws" else "conll",
+        )
     else:
         fmt = args.format or ("segmented" if task == "cws" else "conll")
         sents, data_task, _ = read_tagged_file(args.test, fmt, args.token_col, args.tag_col)
@@ -486,9 +553,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{where}: {len(examples)} sentences, "
           f"{'word' if task == 'cws' else 'strict entity'} scores")  # fmt: skip
     _print_scores(sc, task)
-    train_sc = (getattr(tagger, "extra", {}) or {}).get("train_scores")
+    extra = getattr(tagger, "extra", {}) or {}
+    train_sc = extra.get("train_scores")
     report: dict[str, Any] = {"model": str(args.model), "test": where, "task": task,
                               "sentences": len(examples), "scores": sc}  # fmt: skip
+    report["training"] = {k: v for k, v in extra.items() if k != "train_scores"}
+    report["config"] = {k: v for k, v in tagger.config.items() if k != "features"}
+    feats = tagger.config.get("features")
+    if feats:
+        report["config"]["features"] = {k: v for k, v in feats.items() if k != "char_vocab"}
     if train_sc:
         ratio = sc["f1"] / train_sc["f1"] if train_sc["f1"] else float("nan")
         report.update(train_f1=train_sc["f1"], test_train_ratio=ratio)

@@ -27,11 +27,11 @@ import torch
 from kexue.core.checks import check_positive_int
 from kexue.core.io import load_safetensors, save_safetensors
 from kexue.data import Vocab
+from kexue.tagging.formats import entity_spans
 from kexue.tagging.schemes import (
     allowed_transitions,
     split_tag,
     tag_set,
-    tags_to_spans,
     tags_to_words,
     words_to_tags,
 )
@@ -363,10 +363,7 @@ def _first_violation(ids: Sequence[int], cons: Any) -> int | None:
     return None if bool(cons.end[ids[-1]]) else len(ids) - 1
 
 
-def output_spans(tags: Sequence[str], scheme: str) -> list[tuple[str, int, int]]:
-    """The one decoding-to-spans rule for evaluation and ``tag predict`` output: strict spans
-    (seqeval ``mode="strict"``) in the model's scheme."""
-    return tags_to_spans(tags, scheme, strict=True)
+output_spans = entity_spans  # the one decoding-to-spans rule (evaluation and predict output)
 
 
 def new_tagger(
@@ -541,9 +538,7 @@ def fit_tagger(
         device="cpu",
         keep_last=1,
         # with an out_dir, a checkpoint per epoch by default, so an interrupted run can resume
-        ckpt_every=ckpt_every
-        if ckpt_every is not None or out_dir is None
-        else steps_per_epoch,
+        ckpt_every=ckpt_every if ckpt_every is not None or out_dir is None else steps_per_epoch,
     )
     trainer = Trainer(
         tagger,

@@ -94,9 +94,13 @@ def entity_scores(
                 n_ent_oov += sum(t not in train_tokens for t in toks[s:e])
         tests = {}
         if train_tokens is not None:
-            tests["oov"] = lambda lab, s, e: any(t not in train_tokens for t in toks[s:e])
+            tests["oov"] = lambda lab, s, e, toks=toks: any(
+                t not in train_tokens for t in toks[s:e]
+            )
         if train_entities is not None:
-            tests["unseen"] = lambda lab, s, e: (lab, sep.join(toks[s:e])) not in train_entities
+            tests["unseen"] = lambda lab, s, e, toks=toks: (
+                (lab, sep.join(toks[s:e])) not in train_entities
+            )
         for name, is_in in tests.items():
             c = views.setdefault(name, [0, 0, 0])
             c[0] += sum(1 for sp in gs & ps if is_in(*sp))

@@ -163,7 +163,9 @@ class Tagger(nn.Module):
         if self.features["char_filters"]:
             cv = self.features["char_vocab"]
             self.char_index = {c: i for i, c in enumerate(cv)}
-            self.char_cnn = CharCNN(len(cv), self.features["char_dim"], self.features["char_filters"])
+            self.char_cnn = CharCNN(
+                len(cv), self.features["char_dim"], self.features["char_filters"]
+            )
             input_dim += self.features["char_filters"]
         self.drop = nn.Dropout(dropout)
         if encoder == "bilstm":

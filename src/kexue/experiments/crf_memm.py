@@ -9,9 +9,11 @@ better by ~0.5%); Bi-MEMM trains faster than CRF; prediction speed is the same.
 
 Tasks: Chinese word segmentation (BMES; UD Chinese GSD, SIGHAN 2005 PKU and MSR, normalised) scored
 with SIGHAN-style word F1, and NER (``msra-ner``, BIO PER/LOC/ORG) scored with strict entity F1.
-Same character CNN encoder for every head; every (dataset, head) is trained once per seed in
-``seeds``, and rankings are claimed only through :func:`kexue.report.rank_claim` (>= 3 seeds and
-a gap larger than the spread).
+Same character CNN encoder for every head, trained once per seed in ``seeds``; rankings only
+through :func:`kexue.report.rank_claim` (>= 3 seeds and a gap larger than the spread). Side by
+side: ``jieba`` (shipped dictionary, default mode) on the same CWS test sentences and scorer, and
+the article's setting, a BERT (the tiny one ``mlm-mrc`` pretrains here, cached) + CRF / softmax
+fine-tuned for the same wall time as the CNN with that head and seed.
 """
 
 from __future__ import annotations
@@ -19,10 +21,17 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 from statistics import fmean as _mean
-from typing import Any
 
 from kexue.core.threads import num_threads
 from kexue.core.timing import ratio_text
+from kexue.experiments.crf_memm_side import (
+    bert_row,
+    draw_plots,
+    jieba_scores,
+    pretrained,
+    side_by_side,
+)
+from kexue.experiments.crf_memm_side import metric_key as _key
 from kexue.report import Result, mean_std, pm, rank_claim
 from kexue.tagging.recipe import cws_examples, head_loss_ms, ner_examples, train_and_score
 
@@ -43,7 +52,8 @@ ARTICLE = {  # the MEMM article's statements and the CRF baselines of Su's examp
 
 @dataclass(frozen=True)
 class Config:
-    """Every knob of the experiment (``max_*`` = 0: whole split)."""
+    """Every knob of the experiment (``max_*`` = 0: whole split; ``bert``: the ``mlm-mrc``
+    preset whose cached pretraining gives the BERT rows, ``""``: no BERT rows)."""
 
     datasets: tuple[str, ...] = ("ud-gsd-cws", "pku-cws", "msr-cws", "msra-ner")
     heads: tuple[str, ...] = HEADS
@@ -64,40 +74,52 @@ class Config:
     min_freq: int = 1
     seeds: tuple[int, ...] = (0,)  # one full training per seed; rank claims need >= 3
     threads: int = 1  # small matmuls: one intra-op thread is steadier on a shared CPU
+    jieba: bool = True  # score jieba on the CWS sets (skipped with a note if not installed)
+    bert: str = ""  # "smoke" / "quick" / "full": mlm-mrc's pretraining config of that preset
+    bert_heads: tuple[str, ...] = ("crf", "softmax")  # each must be in heads (equal time)
+    bert_datasets: tuple[str, ...] = ()  # () = all of datasets
+    bert_lr: float = 1e-3  # Adam, BERT and dense layer alike (fit_tagger has one lr)
 
     def __post_init__(self) -> None:
+        choices = {"datasets": tuple(TASK), "heads": HEADS, "encoder": ENCODERS,
+                   "reduction": REDUCTIONS, "bert": ("", *SCALES), "seeds": "ints >= 0",
+                   "bert_heads": self.heads if self.bert else HEADS,
+                   "bert_datasets": self.datasets}  # fmt: skip
         for f in fields(self):
-            v, name = getattr(self, f.name), f.name
-            if name in ("datasets", "heads", "seeds"):
-                ok = bool(v) and len(set(v)) == len(v) and all(
-                    x in TASK if name == "datasets" else x in HEADS if name == "heads"
-                    else isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v
-                )  # fmt: skip
-                what = {"datasets": tuple(TASK), "heads": HEADS, "seeds": "ints >= 0"}[name]
-            elif name in ("encoder", "reduction"):
-                what = ENCODERS if name == "encoder" else REDUCTIONS
+            v, name, what = getattr(self, f.name), f.name, choices.get(f.name)
+            num = isinstance(v, int | float) and not isinstance(v, bool)
+            if str(f.type).startswith("tuple"):
+                ok = isinstance(v, tuple) and (bool(v) or name.startswith("bert")) and all(
+                    isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                    if name == "seeds" else x in what for x in v
+                ) and len(set(v)) == len(v)  # fmt: skip
+            elif what is not None:
                 ok = v in what
-            elif name in ("lr", "trans_lr_mult", "dropout"):
+            elif isinstance(f.default, bool):
+                what, ok = "a bool", isinstance(v, bool)
+            elif isinstance(f.default, float):
                 what = "a number in [0, 1)" if name == "dropout" else "a number > 0"
-                num = isinstance(v, int | float) and not isinstance(v, bool)
                 ok = num and (0 <= v < 1 if name == "dropout" else v > 0)
             else:
                 low = 0 if name in ("max_train", "ner_max_train", "max_test", "threads") else 1
-                what = f"an int >= {low}"
-                ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
+                what, ok = f"an int >= {low}", num and isinstance(v, int) and v >= low
             if not ok:
                 raise ValueError(f"Config.{name} must be {what} (tuples: distinct), got {v!r}")
 
 
+SCALES = ("smoke", "quick", "full")
 # fmt: off
 PRESETS = {
     "smoke": Config(datasets=("ud-gsd-cws", "msra-ner"), embed_dim=32, hidden_dim=32,
-                    num_layers=2, epochs=1, max_len=40, max_train=48, max_test=24, batch_size=16),
-    # quick: ~4 min per seed on 2 shared cores. NER needs more sentences than CWS (entities are
-    # sparse); three seeds, so that rankings can be told from seed noise.
+                    num_layers=2, epochs=1, max_len=40, max_train=48, max_test=24, batch_size=16,
+                    bert_datasets=("ud-gsd-cws",)),  # BERT rows: bert=smoke (pretrains, caches)
+    # quick: whole test sets, three seeds so that rankings can be told from seed noise; NER
+    # needs more training sentences than CWS (entities are sparse). BERT rows on two CWS sets
+    # (BERT decoding of all four test sets would double the run time on a CPU).
     "quick": Config(embed_dim=64, hidden_dim=64, epochs=4, lr=1e-2, max_len=64, max_train=1500,
-                    ner_max_train=12000, max_test=1000, seeds=(0, 1, 2)),
-    "full": Config(seeds=(0, 1, 2)),  # whole sets, 5 epochs, 3 seeds: many hours on 2 cores
+                    ner_max_train=12000, seeds=(0, 1, 2), bert="quick",
+                    bert_datasets=("ud-gsd-cws", "pku-cws")),
+    "full": Config(seeds=(0, 1, 2), bert="full"),  # whole sets, 3 seeds: many hours on 2 cores
 }
 # fmt: on
 
@@ -116,22 +138,18 @@ def _data(name: str, cfg: Config) -> tuple[list, list, str]:
     return make(train, cfg.max_len), make(test), TASK[name]
 
 
-def _key(*parts: str) -> str:
-    return "_".join(p.replace("-", "_") for p in parts)
-
-
 def run(cfg: Config, out_dir: Path, progress: bool = True) -> Result:
-    """Train every head on every dataset for every seed; writes f1.png and train_time.png."""
-    out_dir = Path(out_dir)
-    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    sizes: dict[str, tuple[int, int]] = {}
-    head_ms: dict[str, dict[str, float]] = {}
+    """Train every head on every dataset for every seed (then jieba, the BERT rows)."""
+    out_dir, runs, bert_runs, peers, sizes, head_ms = Path(out_dir), {}, {}, {}, {}, {}
+    ds = cfg.datasets
     tagger_kw = dict(encoder=cfg.encoder, embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim,
                      num_layers=cfg.num_layers, dropout=cfg.dropout)  # fmt: skip
     fit_kw = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                   trans_lr_mult=cfg.trans_lr_mult, reduction=cfg.reduction)  # fmt: skip
+    bert_kw = dict(batch_size=cfg.batch_size, lr=cfg.bert_lr, reduction=cfg.reduction)
     with num_threads(cfg.threads):
-        for name in cfg.datasets:
+        lm = pretrained(cfg.bert, progress) if cfg.bert else None
+        for name in ds:
             train, test, task = _data(name, cfg)
             sizes[name] = (len(train), len(test))
             lengths, k = [len(c) for c, _ in train[: cfg.batch_size]], 4 if task == "cws" else 7
@@ -141,15 +159,27 @@ def run(cfg: Config, out_dir: Path, progress: bool = True) -> Result:
                     row = train_and_score(train, test, task, head, seed=seed,
                                           min_freq=cfg.min_freq, tagger_kwargs=tagger_kw,
                                           fit_kwargs=fit_kw, progress=progress)  # fmt: skip
+                    row["train_seconds"] = row["sec_per_epoch"] * cfg.epochs
                     runs.setdefault((name, head), []).append(row)
                     if progress:
                         print(f"[crf-memm] {name} {head} seed {seed}: F1 {row['f1']:.4f}")
-    return _result(runs, cfg, sizes, head_ms, out_dir)
+            if task == "cws" and cfg.jieba:
+                peers[name] = jieba_scores(name, cfg.max_test)
+            for head in cfg.bert_heads if lm and name in (cfg.bert_datasets or ds) else ():
+                bert_runs[(name, head)] = [
+                    bert_row(lm[0], train, test, task, head, seed=s, dropout=cfg.dropout,
+                             seconds=cnn["train_seconds"], fit_kwargs=bert_kw)
+                    for s, cnn in zip(cfg.seeds, runs[(name, head)])
+                ]  # fmt: skip
+    res = _result(runs, cfg, sizes, head_ms, out_dir)
+    side_by_side(res, runs, bert_runs, peers, lm, cfg, HEAD_NAMES)
+    return res
 
 
 METRICS = (  # (row key, digits, label)
     ("f1", 5, "test F1, mean over seeds"),
     ("sec_per_epoch", 3, "training s / epoch"),
+    ("train_seconds", 2, "training s per run"),
     ("chars_per_s", 1, "decode chars / s"),
     ("f1_crf_viterbi", 5, "test F1 with Su's CRF-style Viterbi decode"),
     ("f1_untrained", 5, "test F1 of the same tagger before training"),
@@ -175,10 +205,12 @@ def _result(runs: dict, cfg: Config, sizes: dict, head_ms: dict, out_dir: Path) 
 
     res.table(
         f"Per-head test results (%, mean ± sample std over {n} seed(s))",
-        ["dataset", "head", "F1", "untrained F1", "F1 (Su's CRF-Viterbi decode)", "s / epoch"],
+        ["dataset", "head", "F1", "untrained F1", "F1 (Su's CRF-Viterbi decode)", "s / epoch",
+         "train s / run"],
         [
             [d, HEAD_NAMES[h], cell(d, h, "f1"), cell(d, h, "f1_untrained"),
-             cell(d, h, "f1_crf_viterbi"), res.metrics[_key("sec_per_epoch", d, h)]]
+             cell(d, h, "f1_crf_viterbi"), res.metrics[_key("sec_per_epoch", d, h)],
+             res.metrics[_key("train_seconds", d, h)]]
             for d in ds for h in heads
         ],
     )  # fmt: skip
@@ -197,28 +229,21 @@ def _result(runs: dict, cfg: Config, sizes: dict, head_ms: dict, out_dir: Path) 
         f"{means} over {', '.join(ds)}."
     )
     enc = f"{cfg.num_layers} x Conv1D(k=3, ReLU)" if cfg.encoder == "cnn" else "BiLSTM"
-    res.note(
-        f"Encoder: character embedding + {enc}, {cfg.hidden_dim} channels, trained from scratch; "
-        "the article used (truncated) pretrained BERT-base, so absolute F1 is far below its ~96% "
-        "and the 'weak encoder' regime applies."
-    )
-    res.note(
-        f"Training: Adam lr {cfg.lr}, batch {cfg.batch_size}, {cfg.epochs} epoch(s), seeds "
-        f"{list(cfg.seeds)}, loss reduction '{cfg.reduction}' for every head; no constraints, "
-        "no start/end transitions (as in the article)."
-    )
     data = "; ".join(f"{d} {sizes[d][0]} / {sizes[d][1]}" for d in ds)
     res.note(
-        f"Data (train / test examples after cutting): {data}. PKU/MSR train on the last 10% of "
-        "the official training set (normalised); msra-ner has no dev split, so no model "
-        "selection: the last epoch is scored."
+        f"Encoder: character embedding + {enc}, {cfg.hidden_dim} channels, from scratch (the "
+        "article: pretrained BERT-base, ~96% F1; ours is the 'weak encoder' regime). Training: "
+        f"Adam lr {cfg.lr}, batch {cfg.batch_size}, {cfg.epochs} epoch(s), seeds "
+        f"{list(cfg.seeds)}, loss reduction '{cfg.reduction}' for every head; no constraints, "
+        f"no start/end transitions. Data (train / test examples after cutting): {data}; PKU/MSR "
+        "train on the last 10% of the official training set (normalised); no model selection."
     )
     res.note(
         "MEMM/Bi-MEMM F1 uses exact decoding of the model's own probability (Bi-MEMM: product of "
         "the two directions); the CRF-Viterbi column decodes emissions + transitions like the "
         "article's scripts. Times are wall-clock on a shared CPU, one intra-op thread: indicative."
     )
-    _plots(res, f1, runs, cfg, out_dir)
+    draw_plots(res, f1, runs, cfg, out_dir, HEAD_NAMES, HEADS)
     return res
 
 
@@ -269,32 +294,3 @@ def _comparisons(res: Result, f1: dict, cfg: Config, head_ms: dict) -> None:
             res.compare(f"CRF test F1, {d}", article=ARTICLE[d], ours=pm(f1[(d, "crf")]) + " %",
                         verdict="not comparable",
                         note=f"no BERT: char-{cfg.encoder} from scratch{sub}")  # fmt: skip
-
-
-def _plots(res: Result, f1: dict, runs: dict, cfg: Config, out_dir: Path) -> None:
-    from kexue.report import plots
-
-    ds, heads = list(cfg.datasets), list(cfg.heads)
-    base = {dh: _mean([100 * r["f1_untrained"] for r in rows]) for dh, rows in runs.items()}
-    secs = {dh: _mean([r["sec_per_epoch"] for r in rows]) for dh, rows in runs.items()}
-    fig, axes = plots.figure(1, 2, width=max(4.5, 1.4 * len(ds)), height=3.6)
-    _bars(axes[0][0], ds, heads, lambda d, h: _mean(f1[(d, h)]), "test F1 (%)")
-    _bars(axes[0][1], ds, heads, lambda d, h: _mean(f1[(d, h)]) - base[(d, h)], "F1 − untrained")
-    res.plot(plots.save(fig, out_dir / "f1.png"), "Test F1 per head (CWS: SIGHAN word F1; NER: "
-             "strict entity F1; seed mean) and its gain over the tagger before training.")  # fmt: skip
-    fig, axes = plots.figure(width=max(5.0, 1.6 * len(ds)), height=3.6)
-    _bars(axes[0][0], ds, heads, lambda d, h: secs[(d, h)], "seconds / epoch")
-    res.plot(plots.save(fig, out_dir / "train_time.png"),
-             "Training wall time per epoch, encoder included (shared CPU: noisy).")  # fmt: skip
-
-
-def _bars(ax: Any, names: list[str], heads: list[str], value: Any, ylabel: str) -> None:
-    width = 0.8 / max(len(heads), 1)
-    for j, h in enumerate(heads):
-        xs = [i + (j - (len(heads) - 1) / 2) * width for i in range(len(names))]
-        ys = [value(d, h) for d in names]
-        ax.bar(xs, ys, width, label=HEAD_NAMES[h], color=f"C{HEADS.index(h)}")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)

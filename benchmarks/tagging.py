@@ -8,19 +8,29 @@ time, so the minimum is the steadiest estimate; ratios come from the same run.
   b=64, t in {32, 128, 512}, k in {5, 20, 50}: kexue fast path (custom forward-backward gradient),
   kexue reference path (autograd through the recursion), pytorch-crf, torch-struct
   ``LinearChainCRF``;
-* head loss forward+backward, MEMM / Bi-MEMM vs our CRF (no recursion in the MEMM).
+* head loss forward+backward, MEMM / Bi-MEMM vs our CRF (no recursion in the MEMM);
+* ``--segmenters`` (issue 14): word segmentation against ``jieba`` (the segmenter users pick
+  today; shipped dictionary, default mode) on the whole PKU / MSR / UD-GSD test sets with the
+  same SIGHAN scorer, jieba on the raw and on the normalised test text; ours is ``kexue tag
+  train --data NAME`` with its defaults (plus ``--ours-args``), timed, scored on the whole test
+  set (``--no-ours``: jieba only, seconds).
 
-Usage: ``python benchmarks/tagging.py [--quick | --crf-only] [--repeats 7] [--no-struct]``. torch-struct is
-timed only for t*k <= 6400 and the reference path only for t <= 128 (both take seconds per call).
+Usage: ``python benchmarks/tagging.py [--quick | --crf-only | --segmenters] [--repeats 7]
+[--no-struct]``. torch-struct is timed only for t*k <= 6400 and the reference path only for
+t <= 128 (both take seconds per call).
 Targets (issue 4): CRF loss and Viterbi >= 3x faster than pytorch-crf at t=128, k=20;
-MEMM loss >= 5x faster than our CRF at t=512.
+MEMM loss >= 5x faster than our CRF at t=512. Issue 14: ours >= 5 word-F1 points above jieba.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shlex
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 
 import torch
@@ -116,12 +126,68 @@ def head_cases(b: int, t: int, k: int) -> dict:
     }
 
 
+SEGMENTATION_SETS = ("pku-cws", "msr-cws", "ud-gsd-cws")
+
+
+def ours_segmenter(name: str, extra: list[str]) -> dict[str, float]:
+    """Train ``kexue tag train --data name`` (defaults + ``extra``) and score the whole test set.
+
+    Returns:
+        ``{"f1", "train_s" (wall time of the train command), "chars_per_s" (decoding)}``.
+    """
+    from kexue import data
+    from kexue.cli import main as kexue_main
+    from kexue.tagging.bert import load_tagger
+    from kexue.tagging.recipe import cws_examples, evaluate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "model")
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):  # its report lines, not the table
+            rc = kexue_main(["tag", "train", "--data", name, "--out", out, "--no-progress", *extra])
+        train_s = time.perf_counter() - t0
+        if rc != 0:
+            raise SystemExit(f"kexue tag train --data {name} failed (exit {rc})")
+        ev = evaluate(load_tagger(out), cws_examples(data.load(name, "test")), "cws")
+    return {"f1": ev["f1"], "train_s": train_s, "chars_per_s": ev["chars_per_s"]}
+
+
+def segmenters(ours: bool, extra: list[str]) -> None:
+    """Print the jieba-vs-ours word segmentation table (whole test sets)."""
+    from kexue import data
+    from kexue.experiments.crf_memm_side import jieba_scores
+
+    print("\n### Word segmentation vs jieba, whole test sets (SIGHAN word F1 %)\n")
+    print("| dataset | test sentences | jieba, raw text | jieba, normalised text | jieba chars/s "
+          "| ours | ours train s | ours chars/s | ours − better jieba |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in SEGMENTATION_SETS:
+        jb = jieba_scores(name)
+        if jb is None:
+            raise SystemExit("jieba is not installed (pip install jieba, or the [peers] extra)")
+        n = len(data.load(name, "test"))
+        cells = ["-", "-", "-", "-"]
+        if ours:
+            print(f"  training ours on {name} ...", file=sys.stderr)
+            o = ours_segmenter(name, extra)
+            gap = 100 * (o["f1"] - max(jb["f1"], jb["f1_norm"]))
+            cells = [f"{100 * o['f1']:.2f}", f"{o['train_s']:.0f}", f"{o['chars_per_s']:.0f}",
+                     f"{gap:+.2f}"]  # fmt: skip
+        print(f"| {name} | {n} | {100 * jb['f1']:.2f} | {100 * jb['f1_norm']:.2f} | "
+              f"{jb['chars_per_s']:.0f} | " + " | ".join(cells) + " |", flush=True)  # fmt: skip
+    print("\nOurs is trained and scored on the normalised text (digits -> 0, Latin -> X, long "
+          "words -> L); jieba on both texts; 'better jieba' is the higher of its two F1.")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="only t=128, k=20 and t=512, k=20")
     ap.add_argument("--crf-only", action="store_true", help="only the CRF loss at t=128, k=20")
     ap.add_argument("--no-struct", action="store_true", help="skip torch-struct (slow)")
+    ap.add_argument("--segmenters", action="store_true", help="only the jieba-vs-ours table")
+    ap.add_argument("--no-ours", action="store_true", help="--segmenters: score jieba only")
+    ap.add_argument("--ours-args", default="", help="--segmenters: extra `kexue tag train` args")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument(
         "--threads",
@@ -132,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.segmenters:
+        segmenters(not args.no_ours, shlex.split(args.ours_args))
+        return 0
     b = args.batch
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(

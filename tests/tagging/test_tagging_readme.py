@@ -7,6 +7,7 @@ Regenerate the table after new runs with ``python tests/tagging/test_tagging_rea
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def test_render_table_can_fail(tmp_path):
 def test_every_tag_command_in_the_section_parses():
     from kexue.cli import _parse, build_parser
 
-    cmds = [ln.split("#")[0].strip() for ln in _section().splitlines()]
+    blocks = re.findall(r"```bash\n(.*?)```", _section(), flags=re.S)
+    cmds = [ln.split("#")[0].strip() for b in blocks for ln in b.splitlines()]
     cmds = [c[c.index("kexue tag") :] for c in cmds if "kexue tag" in c]
     assert len(cmds) >= 4
     for c in cmds:

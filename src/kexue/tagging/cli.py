@@ -46,6 +46,7 @@ from kexue.tagging.recipe import (
     fit_tagger,
     iob1_to_bio,
     ner_examples,
+    new_bert_tagger,
     new_tagger,
     prepare_ner,
     read_tagged_file,
@@ -61,7 +62,7 @@ MAX_HELD_OUT = 2000  # sentences held out of the training data for dev when ther
 # defaults of `tag train`, picked from runs on the shipped sets (README, "Tag your own data")
 DEFAULTS: dict[str, Any] = {
     "epochs": 30, "patience": 5, "batch_size": 32, "lr": 2e-3, "dropout": 0.1, "min_freq": 1,
-    "word_dropout": 0.05, "char_filters": 50,
+    "word_dropout": 0.05, "char_filters": 50, "encoder_lr": 5e-5,
 }  # fmt: skip
 
 
@@ -149,7 +150,20 @@ def _add_train(t: argparse.ArgumentParser) -> None:
     t.add_argument("--token-col", type=int, default=0, help="CoNLL token column")
     t.add_argument("--tag-col", type=int, default=-1, help="CoNLL tag column (-1: last)")
     t.add_argument("--head", choices=HEADS, default="crf", help="tagging head")
-    t.add_argument("--encoder", choices=ENCODERS, default="cnn", help="token encoder")
+    t.add_argument(
+        "--encoder",
+        choices=(*ENCODERS, "bert"),
+        default="cnn",
+        help="token encoder (bert: a pretrained BERT from --bert-dir)",
+    )
+    bt = t.add_argument_group("pretrained BERT encoder (--encoder bert)")
+    bt.add_argument("--bert-dir", metavar="DIR", help="local HuggingFace BERT directory")
+    bt.add_argument(
+        "--encoder-lr",
+        type=float,
+        default=DEFAULTS["encoder_lr"],
+        help="learning rate of the BERT (--lr is the head's)",
+    )
     tr = t.add_argument_group("Transformer encoder (--encoder transformer)")
     tr.add_argument("--num-heads", type=int, help="attention heads (None: 4)")
     tr.add_argument("--pattern", choices=("full", "local"), help="attention pattern (None: full)")
@@ -289,9 +303,27 @@ def _validate(args: argparse.Namespace) -> None:
         _check_unit_interval(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.char_filters and args.units != "words":
         raise ValueError("--char-filters needs --units words (a character has no characters)")
+    _validate_bert(args)
     out = check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume and not (out / "train" / "checkpoints").is_dir():
         raise ValueError(f"--resume: no checkpoints in {out / 'train'} to continue from")
+
+
+def _validate_bert(args: argparse.Namespace) -> None:
+    if args.encoder != "bert":
+        if args.bert_dir:
+            raise ValueError("--bert-dir needs --encoder bert")
+        return
+    if not args.bert_dir:
+        raise ValueError("--encoder bert needs --bert-dir DIR (a local HuggingFace BERT)")
+    if not Path(args.bert_dir).is_dir():
+        raise ValueError(f"--bert-dir {args.bert_dir}: no such directory")
+    if not math.isfinite(args.encoder_lr) or args.encoder_lr <= 0:
+        raise ValueError(f"--encoder-lr must be a finite number > 0, got {args.encoder_lr}")
+    given = [f for f, on in (("--char-filters", args.char_filters), ("--lowercase",
+             args.lowercase)) if on]  # fmt: skip
+    if given:
+        raise ValueError(f"{', '.join(given)} are for the cnn/bilstm/transformer encoders")
 
 
 def _read(args: argparse.Namespace) -> tuple[list, list, str, list | None, list | None]:
@@ -394,21 +426,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
     print(f"units: {units}" + ("" if args.units else " (default; set with --units)"))
     seed_everything(args.seed, deterministic=False)  # before any model is built
-    tagger = new_tagger(
-        train_ex,
-        task,
-        min_freq=args.min_freq,
-        head=args.head,
-        encoder=args.encoder,
-        embed_dim=args.embed_dim,
-        hidden_dim=args.hidden_dim,
-        num_layers=args.num_layers,
-        dropout=args.dropout,
-        constrained=args.constrained,
-        units=units,
-        encoder_kwargs=encoder_kwargs,
-        features=_features(args, units),
-    )
+    tagger = _build(args, train_ex, task, units, encoder_kwargs)
     hist = fit_tagger(
         tagger,
         train_ex,
@@ -425,7 +443,37 @@ def cmd_train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every or None,
         patience=args.patience or None,
         max_seconds=args.max_minutes * 60 or None,
+        encoder_lr=args.encoder_lr if args.encoder == "bert" else None,
     )
+    return _finish(args, tagger, hist, train_ex, dev_ex, task, units)
+
+
+def _build(args: argparse.Namespace, train_ex: list, task: str, units: str, enc_kw: dict) -> Any:
+    """The untrained tagger the flags describe."""
+    if args.encoder == "bert":
+        return new_bert_tagger(
+            train_ex, task, args.bert_dir, head=args.head, dropout=args.dropout,
+            constrained=args.constrained, units=units,
+        )  # fmt: skip
+    return new_tagger(
+        train_ex,
+        task,
+        min_freq=args.min_freq,
+        head=args.head,
+        encoder=args.encoder,
+        embed_dim=args.embed_dim,
+        hidden_dim=args.hidden_dim,
+        num_layers=args.num_layers,
+        dropout=args.dropout,
+        constrained=args.constrained,
+        units=units,
+        encoder_kwargs=enc_kw,
+        features=_features(args, units),
+    )
+
+
+def _finish(args, tagger, hist, train_ex, dev_ex, task, units) -> int:
+    """Score dev and train with the kept weights, save the model and its lexicon, print."""
     extra: dict[str, Any] = {"task": task, "units": units, "train_sentences": len(train_ex)}
     extra.update(
         train_seconds=hist["wall_time"], steps=hist["steps"], epochs_run=hist["epochs"],
@@ -456,8 +504,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # -- evaluate -----------------------------------------------------------------------------------
 def load_model(directory: str) -> Any:
-    """A saved tagger (any kind: :func:`kexue.tagging.bert.load_tagger` when it exists)."""
-    return Tagger.load(directory)
+    """A saved tagger of any kind (:class:`Tagger` or :class:`kexue.tagging.bert.BertTagger`)."""
+    from kexue.tagging.bert import load_tagger
+
+    return load_tagger(directory)
 
 
 def model_task(tagger: Any) -> str:

@@ -109,6 +109,8 @@ def side_by_side(res: Result, runs: dict, bert: dict, peers: dict, lm: Any, cfg:
     if not brows:
         return
     _, summary, pc = lm
+    gains = [res.metrics[metric_key("gain_bert", d, h)] for d, h in bert]
+    res.headline += f" Tiny BERT at the CNN's training time: {_mean(gains):+.2f} F1 points (mean)."
     res.table(f"BERT vs char-CNN at equal training time (test F1 %, {len(cfg.seeds)} seed(s))",
               ["dataset", "head", "BERT", "CNN", "BERT − CNN (paired)", "BERT train s",
                "CNN train s", "BERT steps"], brows)  # fmt: skip
@@ -143,6 +145,7 @@ def _jieba_table(res: Result, runs: dict, peers: dict, cfg: Any, names: dict[str
                      round(_mean([r["train_seconds"] for r in runs[(d, best)]]), 1),
                      round(_mean(ours) - 100 * max(p["f1"], p["f1_norm"]), 2)])  # fmt: skip
     if rows:
+        res.headline += " jieba (raw text): " + ", ".join(f"{r[0]} {r[1]:.2f}" for r in rows) + "."
         res.table("jieba vs ours: same test sentences, same SIGHAN scorer (word F1 %)",
                   ["dataset", "jieba, raw text", "jieba, normalised text", "jieba chars / s",
                    "ours (best CNN head)", "ours train s / run", "ours − better jieba"], rows)  # fmt: skip

@@ -96,10 +96,11 @@ def test_cli_resume_with_dev_and_patience_is_bit_exact(tmp_path, capsys):
 
 
 def test_held_out_dev_is_every_kth_sentence_and_never_the_test_split():
-    from kexue.tagging.cli import _load_named, hold_out
+    from kexue.tagging.cli import hold_out
+    from kexue.tagging.recipe import load_named
 
     assert hold_out(100, 0.1) == list(range(9, 100, 10))
     assert hold_out(49, 0.1) == [] and hold_out(100, 0.0) == []
     assert len(hold_out(100_000, 0.1)) == 2000
-    _, dev, task = _load_named("pku-cws")  # no dev split: nothing, not the test split
+    _, dev, task = load_named("pku-cws")  # no dev split: nothing, not the test split
     assert dev == [] and task == "cws"

@@ -49,7 +49,7 @@ def iter_sentences(
         raise ValueError(f"input format must be one of {', '.join(INPUT_FORMATS)}, got {fmt!r}")
     if fmt == "raw":
         for line in lines:
-            yield split_units(line.rstrip("\n"), task, units)
+            yield split_units(line.rstrip("\r\n"), task, units)
         return
     if fmt == "segmented":
         for line in lines:
@@ -58,7 +58,7 @@ def iter_sentences(
         return
     sent: list[str] = []
     for n, line in enumerate(lines, start=1):
-        line = line.rstrip("\n")
+        line = line.rstrip("\r\n")
         if line.startswith("-DOCSTART-"):
             continue
         if not line.strip():

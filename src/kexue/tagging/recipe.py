@@ -41,7 +41,7 @@ from kexue.tagging.tagger import PAD, UNK, Tagger
 
 __all__ = [
     "FORMATS", "Example", "Prepared", "chunk_origins", "cws_examples", "detect_scheme",
-    "entity_labels", "evaluate", "fit_tagger", "head_loss_ms", "iob1_to_bio", "ner_examples",
+    "entity_labels", "evaluate", "fit_tagger", "head_loss_ms", "iob1_to_bio", "load_named", "load_split", "ner_examples",
     "nearest_legal", "new_bert_tagger", "new_tagger", "task_tags", "output_spans", "prepare_ner", "read_tagged_file",
     "train_and_score", "training_lexicon",
 ]  # fmt: skip
@@ -147,6 +147,34 @@ def read_tagged_file(
     if fmt == "segmented":
         return read_segmented(path), "cws", [f"{path}, line {n}" for n in starts]
     return read_cluener(path), "ner", [f"{path}, line {n}" for n in starts]
+
+
+def load_named(name: str) -> tuple[list, list, str]:
+    """A registered dataset's ``(train, dev, task)``; ``dev`` is its dev split or ``[]`` (the
+    test split is never used for model selection); ``task`` is ``"cws"`` or ``"ner"``.
+
+    Raises:
+        ValueError: an unknown dataset name.
+    """
+    from kexue import data
+
+    if name not in data.DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; see `kexue data list`")
+    train = data.load(name, "train")
+    try:
+        dev = data.load(name, "dev")
+    except (ValueError, KeyError, FileNotFoundError):
+        dev = []
+    sample = train[0] if train else None
+    task = "ner" if isinstance(sample, tuple) else "cws"
+    return train, dev, task
+
+
+def load_split(name: str, split: str) -> list:
+    """One split of a registered dataset (``kexue.data.load``)."""
+    from kexue import data
+
+    return data.load(name, split)
 
 
 output_spans = entity_spans  # the one decoding-to-spans rule (evaluation and predict output)

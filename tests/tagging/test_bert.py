@@ -21,7 +21,8 @@ from kexue.tagging import Tagger, tag_set, tags_to_words, words_to_tags
 from kexue.tagging.bert import BertTagger, load_tagger
 from kexue.tagging.recipe import cws_examples, evaluate, fit_tagger
 
-TEXT = "我爱北京天安门上太阳升伟大领袖指引我们向前进abc123"
+HAN_JAMO = "\u1112\u1161\u11ab"  # NFD of "한": three pieces (ᄒ ##ᅡ ##ᆫ) for the tokenizer
+TEXT = "我爱北京天安门上太阳升伟大领袖指引我们向前进abc123" + HAN_JAMO
 BMES = tag_set("BMES")
 
 
@@ -62,29 +63,30 @@ def oracle_states(bert_dir, pieces: list[list[int]], vocab) -> torch.Tensor:
 
 
 def char_pieces(s: str, vocab) -> list[list[int]]:
-    """Hand alignment: one id per character; spaces and unknown characters -> [UNK]."""
-    return [
-        [vocab.get(c.lower(), vocab["[UNK]"]) if not c.isspace() else vocab["[UNK]"]] for c in s
-    ]
+    """Hand alignment: one id per character; spaces and unknown characters -> [UNK]; "한"
+    (three pieces) -> its first piece."""
+    unk = vocab["[UNK]"]
+    first = {"한": vocab[HAN_JAMO[0]]}
+    return [[first.get(c, unk if c.isspace() else vocab.get(c.lower(), unk))] for c in s]
 
 
 def test_alignment_hand_computed(bert_dir, vocab):
     t = BertTagger(bert=bert_dir, tags=BMES)
-    ids, mask = t.encode(["我 爱X北京", "a1"])
+    ids, mask = t.encode(["我 爱X北京한", "a1"])
     unk = vocab["[UNK]"]
-    want = [vocab["我"], unk, vocab["爱"], unk, vocab["北"], vocab["京"]]
-    assert ids.shape == (2, 6, 1) and mask.sum(1).tolist() == [6, 2]
+    want = [vocab["我"], unk, vocab["爱"], unk, vocab["北"], vocab["京"], vocab["\u1112"]]
+    assert ids.shape == (2, 7, 1) and mask.sum(1).tolist() == [7, 2]
     assert ids[0, :, 0].tolist() == want
     assert ids[1, :2, 0].tolist() == [vocab["a"], vocab["1"]] and (ids[1, 2:] == -1).all()
     w = BertTagger(bert=bert_dir, tags=["O", "B-X", "I-X"], units="words")
-    ids, mask = w.encode([["我爱", "abc", "zz"], ["北京"]])
-    assert ids.shape == (2, 3, 3)
+    ids, mask = w.encode([["我爱", "abc", "zz", "한"], ["北京"]])
+    assert ids.shape == (2, 4, 3)
     assert ids[0].tolist() == [[vocab["我"], vocab["爱"], -1], [vocab["a"], vocab["##b"], vocab["##c"]],
-                               [unk, -1, -1]]  # fmt: skip
-    assert ids[1, 0].tolist() == [vocab["北"], vocab["京"], -1] and mask.tolist()[1] == [1, 0, 0]
+                               [unk, -1, -1], [vocab[p] for p in ("\u1112", "##\u1161", "##\u11ab")]]  # fmt: skip
+    assert ids[1, 0].tolist() == [vocab["北"], vocab["京"], -1] and mask.tolist()[1] == [1, 0, 0, 0]
 
 
-ALPHABET = list(TEXT) + [" ", "\t", "\u3000", "Z", "A", "狗", "😀", "é"]
+ALPHABET = list(TEXT) + [" ", "\t", "\u3000", "Z", "A", "狗", "😀", "é", "한"]
 
 
 @given(st.lists(st.text(alphabet=ALPHABET, max_size=30), min_size=1, max_size=4))
@@ -128,9 +130,10 @@ def test_loss_and_decode_equal_heads_on_bertmodel_states(bert_dir, vocab, head):
 
 def test_first_subword_alignment_for_words(bert_dir, vocab):
     t = BertTagger(bert=bert_dir, tags=["O", "B-X", "I-X"], units="words").eval()
-    words = ["我爱", "abc", "zz", "北京", "1a"]
+    words = ["我爱", "abc", "zz", "北京", "1a", "한"]
     pieces = [[vocab["我"], vocab["爱"]], [vocab["a"], vocab["##b"], vocab["##c"]], [vocab["[UNK]"]],
-              [vocab["北"], vocab["京"]], [vocab["1"], vocab["##a"]]]  # fmt: skip
+              [vocab["北"], vocab["京"]], [vocab["1"], vocab["##a"]],
+              [vocab[HAN_JAMO[0]], vocab["##" + HAN_JAMO[1]], vocab["##" + HAN_JAMO[2]]]]  # fmt: skip
     ids, mask = t.encode([words])
     want = F.linear(oracle_states(bert_dir, pieces, vocab), t.proj.weight, t.proj.bias)
     with torch.no_grad():

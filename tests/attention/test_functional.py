@@ -187,7 +187,14 @@ def test_batch_independence():
         torch.testing.assert_close(both[1:2], one, atol=1e-12, rtol=0)
 
 
-GRADCHECK_CASES = [("local", {"window": 2}), ("sparse", {"rate": 3}), ("atrous", {"rate": 2})]
+GRADCHECK_CASES = [
+    ("local", {"window": 2}),
+    ("sparse", {"rate": 3}),
+    ("atrous", {"rate": 2}),
+    ("atrous", {"rate": 3}),  # n = 10: padded residue classes
+    ("strided", {"stride": 3}),  # two parts on disjoint heads
+    ("fixed", {"stride": 4, "summary": 2}),  # gathered summary keys
+]
 
 
 @pytest.mark.parametrize(

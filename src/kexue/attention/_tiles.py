@@ -21,8 +21,9 @@ Two tile layouts cover every pattern in :mod:`kexue.attention.functional`:
 Both return the normalised output *and* the log-normaliser :math:`\ell`, so several parts can be
 merged into one softmax over their union (:func:`merge_parts`) without counting a key twice.
 
-The custom autograd function never keeps a score tile: forward processes a few tiles at a time
-and saves only ``q, k, v, out, lse``; backward recomputes :math:`P = e^{S-\ell}` tile by tile
+Nothing keeps a score tile: :func:`forward_no_grad` processes a few tiles at a time, and the
+autograd function of :mod:`._parts` saves only ``q, k, v, out, lse``; :func:`backward_acc`
+recomputes :math:`P = e^{S-\ell}` tile by tile
 (flash-attention style) with :math:`dS = P \odot (dP - D + d\ell)`, :math:`D = \mathrm{rowsum}(dO
 \odot O)`. Peak extra memory is therefore O(n e) plus one chunk of tiles. Attention dropout
 uses a plain-autograd path instead (same maths, keeps the probabilities).
@@ -38,9 +39,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# Elements of one chunk of score tiles (b * h * tiles * B * T): 2 MiB in float32. Smaller chunks are
+# Elements of one chunk of score tiles (b * h * tiles * B * T): 1 MiB in float32. Smaller chunks are
 # cache-friendlier, larger ones start fewer parallel regions (costly on an oversubscribed CPU).
-CHUNK_ELEMENTS = 1 << 19
+CHUNK_ELEMENTS = 1 << 18
 
 
 @dataclass
@@ -107,11 +108,15 @@ class TilePlan:
         past ``n_q``)."""
         return _rows(x, c0 * self.block, c1 * self.block).unflatten(2, (c1 - c0, self.block))
 
-    def put_q(self, dst: torch.Tensor, val: torch.Tensor, c0: int, c1: int) -> None:
-        """Write per-tile rows ``val (b, h, c, B, *)`` into ``dst (b, h, n_q, *)`` (drop padding)."""
+    def put_q(
+        self, dst: torch.Tensor, val: torch.Tensor, c0: int, c1: int, add: bool = False
+    ) -> None:
+        """Write (``add``: add) per-tile rows ``val (b, h, c, B, *)`` into ``dst (b, h, n_q, *)``
+        (drop padding)."""
         lo = c0 * self.block
         hi = min(c1 * self.block, self.n_q)
-        dst[:, :, lo:hi].copy_(val.flatten(2, 3)[:, :, : hi - lo])
+        rows = val.flatten(2, 3)[:, :, : hi - lo]
+        dst[:, :, lo:hi].add_(rows) if add else dst[:, :, lo:hi].copy_(rows)
 
     def k_tile_t(self, x: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
         """Keys transposed per tile: band ``(b, h, c, e, T)``, full ``(b, h, 1, e, n_k)``."""
@@ -120,21 +125,24 @@ class TilePlan:
         span = _rows(x, (c0 - self.left) * self.block, (c1 + self.right) * self.block)
         return span.unfold(2, self.tile_keys, self.block)
 
-    def add_k(self, dst: torch.Tensor, g: torch.Tensor, c0: int, c1: int) -> None:
-        """Scatter-add a per-tile key gradient ``(b, h, c, T, e)`` into ``dst (b, h, n_k, e)``."""
-        if self.full:
-            dst.add_(g.sum(2))
+    def add_k(self, dst: torch.Tensor, a: torch.Tensor, x: torch.Tensor, c0: int, c1: int) -> None:
+        """``dst (b, h, n_k, e) += a^T x`` per tile, ``a (b, h, c, B, T)``, ``x (b, h, c, B, e)``:
+        band tiles overlap, so each of the ``left + right + 1`` key blocks of a tile is done on
+        its own (a ``(b, h, c, B, e)`` product, never the ``(b, h, c, T, e)`` one)."""
+        if self.full:  # all tiles share the keys: contract over tiles and rows at once
+            dst.add_(torch.matmul(a.flatten(2, 3).transpose(-1, -2), x.flatten(2, 3)))
             return
-        b, h, c, _, e = g.shape
+        b, h, c, _, e = x.shape
         blk = self.block
         for s in range(self.left + self.right + 1):
-            gs = g[..., s * blk : (s + 1) * blk, :]  # keys of block c + s - left, (b, h, c, B, e)
+            # keys of block c + s - left, (b, h, c, B, e)
+            gs = torch.matmul(a[..., s * blk : (s + 1) * blk].transpose(-1, -2), x)
             lo, hi = (c0 + s - self.left) * blk, (c1 + s - self.left) * blk
-            a, z = max(lo, 0), min(hi, self.n_k)
-            if a == lo and z == hi:
+            a_, z = max(lo, 0), min(hi, self.n_k)
+            if a_ == lo and z == hi:
                 dst[:, :, lo:hi].view(b, h, c, blk, e).add_(gs)
-            elif a < z:
-                dst[:, :, a:z].add_(gs.reshape(b, h, c * blk, e)[:, :, a - lo : z - lo])
+            elif a_ < z:
+                dst[:, :, a_:z].add_(gs.reshape(b, h, c * blk, e)[:, :, a_ - lo : z - lo])
 
     def masked(self, c0: int, c1: int) -> torch.Tensor | None:
         """Bool mask (True = *not* allowed) broadcastable to the score chunk ``(b, h, c, B, T)``."""
@@ -209,48 +217,43 @@ def _forward_no_grad(plan: TilePlan, q, k, v, scale):
     return out, lse
 
 
-def _acc_keys(plan: TilePlan, dst, a, x, c0, c1) -> None:
-    """``dst (b, h, N_k, e) += a^T x`` per tile, ``a (b, h, c, B, T)``, ``x (b, h, c, B, e)``."""
-    if plan.full:  # all tiles share the keys: contract over tiles and rows at once
-        dst.add_(torch.matmul(a.flatten(2, 3).transpose(-1, -2), x.flatten(2, 3)))
-    else:
-        plan.add_k(dst, torch.matmul(a.transpose(-1, -2), x), c0, c1)
+def forward_no_grad(
+    plan: TilePlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out (b, h, n_q, e_v)`` and ``lse (b, h, n_q)`` of one plan, chunk by chunk (no graph)."""
+    with torch.no_grad():
+        return _forward_no_grad(plan, q, k, v, scale)
 
 
-class _TileAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, plan: TilePlan, scale: float):
-        with torch.no_grad():
-            out, lse = _forward_no_grad(plan, q, k, v, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan, ctx.scale = plan, scale
-        return out, lse
+def backward_acc(plan: TilePlan, q, k, v, out, lse, dout, dlse, scale: float, dq, dk, dv) -> None:
+    r"""Add one plan's share of the gradients into ``dq, dk, dv`` (flash-attention backward).
 
-    @staticmethod
-    def backward(ctx, dout, dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        plan, scale = ctx.plan, ctx.scale
-        b, h = q.shape[:2]
-        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        lse = lse.masked_fill(lse == -math.inf, 0.0)
-        for h0, h1, c0, c1 in plan.chunks(b, h):
-            pl, hs = plan.heads(h0, h1), slice(h0, h1)
-            qs = pl.q_tile(q[:, hs], c0, c1) * scale  # alpha Q
-            p = _masked_scores(pl, qs, k[:, hs], c0, c1, inplace=True)
-            p = p.sub_(pl.q_tile(lse[:, hs], c0, c1).unsqueeze(-1)).exp_()  # P (b, h, c, B, T)
-            do = pl.q_tile(dout[:, hs], c0, c1)  # (b, h, c, B, e)
-            _acc_keys(pl, dv[:, hs], p, do, c0, c1)  # dV += P^T dO
-            ds = _tmm(do, pl.k_tile_t(v[:, hs], c0, c1))  # dP = dO V^T
-            delta = (do * pl.q_tile(out[:, hs], c0, c1)).sum(-1, keepdim=True)  # D = rowsum(dO O)
+    ``out``/``lse`` are the outputs of the whole softmax this plan is a part of (``lse`` with
+    ``-inf`` replaced by 0), so :math:`P = e^{S - \ell}` are the union's probabilities on this
+    plan's keys and :math:`dS = P \odot (dP - D + d\ell)`, :math:`D = \mathrm{rowsum}(dO \odot
+    O)`. ``dlse`` may be None (log-normaliser unused). All tensors ``(b, h, ., .)`` of the plan's
+    heads (views are fine: gradients are added in place).
+    """
+    b, h = q.shape[:2]
+    for h0, h1, c0, c1 in plan.chunks(b, h):
+        pl, hs = plan.heads(h0, h1), slice(h0, h1)
+        qs = pl.q_tile(q[:, hs], c0, c1) * scale  # alpha Q
+        p = _masked_scores(pl, qs, k[:, hs], c0, c1, inplace=True)
+        p = p.sub_(pl.q_tile(lse[:, hs], c0, c1).unsqueeze(-1)).exp_()  # P (b, h, c, B, T)
+        do = pl.q_tile(dout[:, hs], c0, c1)  # (b, h, c, B, e)
+        pl.add_k(dv[:, hs], p, do, c0, c1)  # dV += P^T dO
+        ds = _tmm(do, pl.k_tile_t(v[:, hs], c0, c1))  # dP = dO V^T
+        delta = (do * pl.q_tile(out[:, hs], c0, c1)).sum(-1, keepdim=True)  # D = rowsum(dO O)
+        if dlse is not None:
             delta.sub_(pl.q_tile(dlse[:, hs], c0, c1).unsqueeze(-1))  # D - dl (chunk-sized)
-            ds.sub_(delta).mul_(p)  # dS = P (dP - D + dl)
-            kt = pl.k_tile_t(k[:, hs], c0, c1).transpose(-1, -2)  # (b, h, c|1, T, e)
-            pl.put_q(dq[:, hs], _tmm(ds, kt).mul_(scale), c0, c1)  # dQ = alpha dS K
-            _acc_keys(pl, dk[:, hs], ds, qs, c0, c1)  # dK += dS^T (alpha Q)
-        return dq, dk, dv, None, None
+        ds.sub_(delta).mul_(p)  # dS = P (dP - D + dl)
+        del p, do, delta
+        kt = pl.k_tile_t(k[:, hs], c0, c1).transpose(-1, -2)  # (b, h, c|1, T, e)
+        pl.put_q(dq[:, hs], _tmm(ds, kt).mul_(scale), c0, c1, add=True)  # dQ += alpha dS K
+        pl.add_k(dk[:, hs], ds, qs, c0, c1)  # dK += dS^T (alpha Q)
 
 
-def _forward_autograd(plan: TilePlan, q, k, v, scale, dropout_p):
+def forward_autograd(plan: TilePlan, q, k, v, scale, dropout_p):
     """Same maths with autograd (keeps probabilities): used when attention dropout is on."""
     b, h = q.shape[:2]
     tiny = torch.finfo(q.dtype).tiny
@@ -271,34 +274,6 @@ def _forward_autograd(plan: TilePlan, q, k, v, scale, dropout_p):
         rows_l[-1].append(lse.flatten(2, 3))
     out = torch.cat([torch.cat(r, 2) for r in rows_o], 1)[:, :, : plan.n_q]
     return out, torch.cat([torch.cat(r, 2) for r in rows_l], 1)[:, :, : plan.n_q]
-
-
-def tile_attention(
-    plan: TilePlan,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: float,
-    dropout_p: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the tiled kernel.
-
-    Args:
-        plan: the tile layout.
-        q: ``(b, h, n_q, e)`` queries.
-        k: ``(b, h, n_k, e)`` keys.
-        v: ``(b, h, n_k, e_v)`` values.
-        scale: score scale :math:`\\alpha`.
-        dropout_p: attention dropout (switches to the autograd path when > 0).
-
-    Returns:
-        ``out (b, h, n_q, e_v)`` (zeros for rows with no allowed key) and
-        ``lse (b, h, n_q)`` (``-inf`` for those rows).
-    """
-    assert q.shape[2] == plan.n_q and k.shape[2] == plan.n_k
-    if dropout_p > 0:
-        return _forward_autograd(plan, q, k, v, scale, dropout_p)
-    return _TileAttention.apply(q, k, v, plan, scale)
 
 
 def merge_parts(

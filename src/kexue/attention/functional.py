@@ -13,12 +13,14 @@ with the key padding mask (and :math:`j \le i` when causal). A query with empty 
 returns zeros. All tensors are batch-first ``(b, h, n, e)``; ``key_padding_mask`` is ``(b, n)``
 bool with True = valid key.
 
-How each pattern avoids the :math:`n \times n` score matrix (kernel: :mod:`._tiles`):
+How each pattern avoids the :math:`n \times n` score matrix (kernel: :mod:`._tiles`; the parts of a
+pattern run as one softmax with an O(n e)-memory backward: :mod:`._parts`):
 
 * ``local(w)``: queries in blocks of ``B`` (32); block ``c`` is scored against key blocks
   ``c - L .. c + R`` only (``L = R = ceil(w / B)``; ``R = 0`` when causal): :math:`O(n (w + B))`.
-* ``atrous(r)``: pad ``n`` to a multiple of ``r`` and reshape ``(m r) -> r`` sequences of length
-  ``m = n / r`` (one per residue class); ordinary attention inside each: :math:`O(n^2 / r)`.
+* ``atrous(r)``: residue class ``c = i mod r`` is its own sequence ``c, c + r, ...`` of length
+  ``m = ceil(n / r)``, gathered a few classes at a time (never a reshaped copy of all of ``q, k,
+  v``); ordinary attention inside each: :math:`O(n^2 / r)`.
 * ``sparse(r, w)``: the atrous part (which contains ``j = i``) and the local part *without* the
   offsets that are multiples of ``r`` are computed separately, each returning its log-normaliser,
   and merged into **one** softmax over the union (each key once): :math:`O(n (n / r + w))`.
@@ -39,9 +41,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
-from kexue.attention._tiles import TilePlan, merge_parts, tile_attention
+from kexue.attention._parts import ClassPart, TilePart, run_parts
+from kexue.attention._tiles import TilePlan
 from kexue.attention.patterns import head_pattern_masks, resolve_params
 from kexue.core.checks import check_positive_int, check_shape, check_tensor
 
@@ -262,13 +264,12 @@ def full_attention(
 
 
 # --- blocked paths ----------------------------------------------------------------------------
-def _band(
-    q, k, v, *, block, left, right, ok_fn, key_valid, scale, dropout_p
-) -> tuple[torch.Tensor, torch.Tensor]:
+# Each pattern is a list of parts (:mod:`._parts`) over head ranges, run as one softmax.
+def _band(q, *, block, left, right, ok_fn, key_valid, heads) -> TilePart:
     """Band layout on ``(b, h, n, e)``: blocks of ``block`` queries see ``left``/``right`` key blocks.
 
-    ``ok_fn(qpos, kpos)`` must be invariant to shifting both by ``block``; ``key_valid (b, g, n)``.
-    Returns ``(out, lse)`` cropped to ``n``.
+    ``ok_fn(qpos, kpos)`` must be invariant to shifting both by ``block``; ``key_valid (b, g, n)``;
+    ``heads = (h0, h1)``.
     """
     n = q.shape[2]
     tiles = -(-n // block)
@@ -282,22 +283,7 @@ def _band(
         block=block, tiles=tiles, n_q=n, n_k=n, key_len=kv.shape[-1], key_valid=kv, left=left,
         right=right, static_ok=None if bool(static_ok.all()) else static_ok,
     )  # fmt: skip
-    return tile_attention(plan, q, k, v, scale, dropout_p)
-
-
-def _dense_tiles(
-    q, k, v, *, kpos, pred, key_valid, scale, dropout_p, block=64
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full layout: every query block sees all keys ``k (b, h, s, e)`` at positions ``kpos (s,)``,
-    masked by ``pred(qpos, kpos)`` (query positions ``0..n-1``) and ``key_valid (b, g, s)``."""
-    n = q.shape[2]
-    block = max(1, min(block, n))
-    tiles = -(-n // block)
-    plan = TilePlan(
-        block=block, tiles=tiles, n_q=n, n_k=k.shape[2], key_len=k.shape[2], key_valid=key_valid,
-        full=True, pred=pred, kpos=kpos,
-    )  # fmt: skip
-    return tile_attention(plan, q, k, v, scale, dropout_p)
+    return TilePart(plan, *heads)
 
 
 def _default_block(window: int, n: int) -> int:
@@ -306,9 +292,7 @@ def _default_block(window: int, n: int) -> int:
     return max(1, min(32, n))
 
 
-def _local_parts(
-    q, k, v, window, causal, key_valid, scale, dropout_p, block=None, exclude_rate=None
-):
+def _local_part(q, window, causal, key_valid, heads, block=None, exclude_rate=None) -> TilePart:
     n = q.shape[2]
     block = _default_block(window, n) if block is None else check_positive_int(block, "block_size")
     halo = -(-window // block) if window > 0 else 0
@@ -321,30 +305,29 @@ def _local_parts(
         return ok
 
     return _band(
-        q, k, v, block=block, left=halo, right=0 if causal else halo, ok_fn=ok_fn,
-        key_valid=key_valid[:, None], scale=scale, dropout_p=dropout_p,
+        q, block=block, left=halo, right=0 if causal else halo, ok_fn=ok_fn,
+        key_valid=key_valid[:, None], heads=heads,
     )  # fmt: skip
 
 
-def _atrous_parts(q, k, v, rate, causal, key_valid, scale, dropout_p):
-    b, h, n, _ = q.shape
-    m = -(-n // rate)
-    pad = m * rate - n
-    # residue class c = i mod r becomes its own sequence i = c, c + r, c + 2r, ...
-    qc, kc, vc = (
-        rearrange(_pad_seq(x, 0, pad), "b h (m r) e -> b (r h) m e", r=rate).contiguous()
-        for x in (q, k, v)
-    )
-    kv = rearrange(F.pad(key_valid, (0, pad), value=False), "b (m r) -> b r 1 m", r=rate)
-    kv = kv.expand(b, rate, h, m).reshape(b, rate * h, m)
-    pos = torch.arange(m, device=q.device)
-    out, lse = _dense_tiles(
-        qc, kc, vc, kpos=pos, pred=(lambda qi, kj: kj <= qi) if causal else None, key_valid=kv,
-        scale=scale, dropout_p=dropout_p,
-    )  # fmt: skip
-    out = rearrange(out, "b (r h) m e -> b h (m r) e", r=rate)[:, :, :n]
-    lse = rearrange(lse, "b (r h) m -> b h (m r)", r=rate)[:, :, :n]
-    return out, lse
+def _atrous_part(q, rate, causal, key_valid, heads) -> ClassPart:
+    """Residue class ``c = i mod r`` is its own sequence ``c, c + r, ...`` (gathered in chunks)."""
+    return ClassPart(rate, q.shape[2], *heads, causal=causal, key_valid=key_valid)
+
+
+def _all_heads(q) -> tuple[int, int]:
+    return 0, q.shape[1]
+
+
+def _split(q) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Head ranges of the Sparse Transformer's A1 (first ``h - h // 2``) and A2 (the rest)."""
+    h = q.shape[1]
+    h1 = h - h // 2
+    return (0, h1), (h1, h)
+
+
+def _run(parts, q, k, v, scale, dropout_p) -> torch.Tensor:
+    return run_parts([p for p in parts if p.h1 > p.h0], q, k, v, scale, dropout_p)[0]
 
 
 @_shared_doc
@@ -380,7 +363,8 @@ def local_attention(
     window = check_positive_int(window, "window", 0)
     kv = _valid(key_padding_mask, b, n, q.device)
     sc, p = _scale(scale, q.shape[-1]), _dropout(dropout_p, training)
-    return _local_parts(q, k, v, window, causal, kv, sc, p, block_size)[0]
+    part = _local_part(q, window, causal, kv, _all_heads(q), block_size)
+    return _run([part], q, k, v, sc, p)
 
 
 @_shared_doc
@@ -414,7 +398,7 @@ def atrous_attention(
     rate = check_positive_int(rate, "rate", 1)
     kv = _valid(key_padding_mask, b, n, q.device)
     sc, p = _scale(scale, q.shape[-1]), _dropout(dropout_p, training)
-    return _atrous_parts(q, k, v, rate, causal, kv, sc, p)[0]
+    return _run([_atrous_part(q, rate, causal, kv, _all_heads(q))], q, k, v, sc, p)
 
 
 @_shared_doc
@@ -450,19 +434,10 @@ def sparse_attention(
     prm = resolve_params("sparse", rate=rate, window=window)
     kv = _valid(key_padding_mask, b, n, q.device)
     sc, p = _scale(scale, q.shape[-1]), _dropout(dropout_p, training)
-    atr = _atrous_parts(q, k, v, prm["rate"], causal, kv, sc, p)  # contains j = i
-    loc = _local_parts(q, k, v, prm["window"], causal, kv, sc, p, exclude_rate=prm["rate"])
-    return merge_parts([atr, loc])[0]
-
-
-def _split_heads(q, k, v, first, second):
-    h1 = q.shape[1] - q.shape[1] // 2
-    outs = []
-    if h1 > 0:
-        outs.append(first(q[:, :h1], k[:, :h1], v[:, :h1]))
-    if h1 < q.shape[1]:
-        outs.append(second(q[:, h1:], k[:, h1:], v[:, h1:]))
-    return torch.cat(outs, 1)
+    heads = _all_heads(q)
+    atr = _atrous_part(q, prm["rate"], causal, kv, heads)  # contains j = i
+    loc = _local_part(q, prm["window"], causal, kv, heads, exclude_rate=prm["rate"])
+    return _run([atr, loc], q, k, v, sc, p)
 
 
 @_shared_doc
@@ -500,11 +475,9 @@ def strided_attention(
     stride = resolve_params("strided", stride=stride)["stride"]
     kv = _valid(key_padding_mask, b, n, q.device)
     sc, p = _scale(scale, q.shape[-1]), _dropout(dropout_p, training)
-    return _split_heads(
-        q, k, v,
-        lambda a, b_, c: _local_parts(a, b_, c, stride - 1, causal, kv, sc, p)[0],
-        lambda a, b_, c: _atrous_parts(a, b_, c, stride, causal, kv, sc, p)[0],
-    )  # fmt: skip
+    a1, a2 = _split(q)
+    parts = [_local_part(q, stride - 1, causal, kv, a1), _atrous_part(q, stride, causal, kv, a2)]
+    return _run(parts, q, k, v, sc, p)
 
 
 @_shared_doc
@@ -547,24 +520,21 @@ def fixed_attention(
     idx = torch.arange(n, device=q.device)
     idx = idx[idx.remainder(stride) >= stride - summary]  # summary columns
 
-    def blocks(a, b_, c):  # block-diagonal: band layout with block = stride and no halo
-        def ok_fn(qi, kj):
-            return kj <= qi if causal else torch.ones_like(qi - kj, dtype=torch.bool)
+    def ok_fn(qi, kj):  # block-diagonal: band layout with block = stride and no halo
+        return kj <= qi if causal else torch.ones_like(qi - kj, dtype=torch.bool)
 
-        return _band(
-            a, b_, c, block=stride, left=0, right=0, ok_fn=ok_fn, key_valid=kv[:, None],
-            scale=sc, dropout_p=p,
-        )[0]  # fmt: skip
-
-    def summaries(a, b_, c):
-        if idx.numel() == 0:
-            return torch.zeros(*a.shape[:-1], c.shape[-1], dtype=c.dtype, device=c.device)
-        return _dense_tiles(
-            a, b_[:, :, idx], c[:, :, idx], kpos=idx, pred=(lambda qi, kj: kj <= qi) if causal else None,
-            key_valid=kv[:, None, idx], scale=sc, dropout_p=p,
-        )[0]  # fmt: skip
-
-    return _split_heads(q, k, v, blocks, summaries)
+    a1, a2 = _split(q)
+    blocks = _band(q, block=stride, left=0, right=0, ok_fn=ok_fn, key_valid=kv[:, None], heads=a1)
+    parts = [blocks]
+    if idx.numel():  # the summary columns: every query block sees the gathered keys k[idx]
+        block = max(1, min(64, n))
+        plan = TilePlan(
+            block=block, tiles=-(-n // block), n_q=n, n_k=idx.numel(), key_len=idx.numel(),
+            key_valid=kv[:, None, idx], full=True, kpos=idx,
+            pred=(lambda qi, kj: kj <= qi) if causal else None,
+        )  # fmt: skip
+        parts.append(TilePart(plan, *a2, kidx=idx))
+    return _run(parts, q, k, v, sc, p)
 
 
 @_shared_doc

@@ -12,8 +12,8 @@ part's probabilities are :math:`P = e^{S - \ell}` and :math:`dS = P \odot (dP - 
 :math:`D = \mathrm{rowsum}(dO \odot O)`, the same formula for every part. So the autograd
 function saves only ``q, k, v, out, lse`` and each part recomputes its scores in backward.
 
-Atrous residue classes are gathered a few classes at a time (``index_select``, a chunk-sized
-copy), never as a reshaped copy of the whole of ``q, k, v``: the extra memory of every pattern
+Atrous residue classes are gathered a few classes at a time (a strided view of the positions
+``i r + c`` copied to rows: one chunk), never as a reshaped copy of the whole of ``q, k, v``: the extra memory of every pattern
 is ``out``, the gradients and a few chunks.
 """
 
@@ -53,9 +53,10 @@ class TilePart:
             return k[:, hs], v[:, hs]
         return k[:, hs].index_select(2, self.kidx), v[:, hs].index_select(2, self.kidx)
 
-    def forward(self, q, k, v, scale):
-        """``(out, lse)`` of the part's heads."""
-        return forward_no_grad(self.plan, q[:, self.h0 : self.h1], *self._kv(k, v), scale)
+    def forward(self, q, k, v, scale, out=None, lse=None):
+        """``(out, lse)`` of the part's heads (written into ``out``/``lse`` when given)."""
+        qs = q[:, self.h0 : self.h1]
+        return forward_no_grad(self.plan, qs, *self._kv(k, v), scale, out, lse)
 
     def backward(self, q, k, v, out, lse, dout, dlse, scale, dq, dk, dv) -> None:
         """Add this part's gradient share into ``dq, dk, dv`` (all heads)."""
@@ -97,85 +98,107 @@ class ClassPart:
         per = max(1, CLASS_CHUNK_ELEMENTS // max(1, b * (self.h1 - self.h0) * self.m * e))
         return [(g0, min(g0 + per, self.rate)) for g0 in range(0, self.rate, per)]
 
-    def _index(self, g0: int, g1: int):
-        """``idx (g m,)`` positions of classes ``g0..g1`` (padding clipped to ``n - 1``) and
-        ``ok (g, m)`` (False = padding)."""
+    def _ok(self, g0: int, g1: int) -> torch.Tensor:
+        """``(g, m)`` bool: entry ``i`` of class ``c`` is a real position ``c + i r < n``."""
         dev = self.key_valid.device
         pos = torch.arange(g0, g1, device=dev)[:, None] + self.rate * torch.arange(
             self.m, device=dev
         )
-        ok = pos < self.n
-        return pos.clamp_max(self.n - 1).flatten(), ok
+        return pos < self.n
 
-    def _plan(self, b: int, g: int, ok: torch.Tensor, idx: torch.Tensor) -> TilePlan:
-        hp, m = self.h1 - self.h0, self.m
-        kv = self.key_valid[:, idx].view(b, g, m) & ok  # (b, g, m)
+    def _plan(self, b: int, g0: int, g1: int, ok: torch.Tensor) -> TilePlan:
+        hp, m, g = self.h1 - self.h0, self.m, g1 - g0
+        kv = self._gather(self.key_valid[:, None], g0, g1, heads=False).view(b, g, m) & ok
         kv = kv[:, None].expand(b, hp, g, m).reshape(b, hp * g, m)  # heads outer, classes inner
         block = max(1, min(self.block, m))
         pred = (lambda qi, kj: kj <= qi) if self.causal else None
         return TilePlan(
             block=block, tiles=-(-m // block), n_q=m, n_k=m, key_len=m, key_valid=kv, full=True,
-            pred=pred, kpos=torch.arange(m, device=idx.device),
+            pred=pred, kpos=torch.arange(m, device=kv.device),
         )  # fmt: skip
 
-    def _gather(self, x: torch.Tensor, idx: torch.Tensor, g: int) -> torch.Tensor:
-        """``(b, H, n, *)`` -> ``(b, hp g, m, *)`` rows of the chunk's classes (a copy)."""
-        x = x[:, self.h0 : self.h1].index_select(2, idx)  # (b, hp, g m, *)
-        return x.reshape(x.shape[0], -1, self.m, *x.shape[3:])
+    def _grid(self, x: torch.Tensor, g0: int, g1: int) -> torch.Tensor:
+        """View ``(b, H, m0, g, *)`` of the first ``m0 = n // r`` rows of classes ``g0..g1``
+        (position ``i r + c``) of ``x (b, H, n, *)``."""
+        m0 = self.n // self.rate
+        return x[:, :, : m0 * self.rate].unflatten(2, (m0, self.rate))[:, :, :, g0:g1]
 
-    def _scatter(self, dst, val, idx, ok, add: bool) -> None:
+    def _tail(self, g0: int, g1: int) -> tuple[int, int]:
+        """Classes ``g0 .. t1`` have a last, partial row (positions ``m0 r + c < n``)."""
+        start = (self.n // self.rate) * self.rate
+        return start, min(g1, self.n - start)
+
+    def _gather(self, x: torch.Tensor, g0: int, g1: int, heads: bool = True) -> torch.Tensor:
+        """``(b, H, n, *)`` -> ``(b, hp g, m, *)``: the classes as rows (a chunk-sized copy;
+        padding entries are zero)."""
+        if heads:
+            x = x[:, self.h0 : self.h1]
+        m0 = self.n // self.rate
+        main = self._grid(x, g0, g1).transpose(2, 3)  # (b, hp, g, m0, *)
+        if m0 < self.m:
+            out = x.new_zeros(*main.shape[:3], self.m, *main.shape[4:])
+            out[:, :, :, :m0] = main
+            start, t1 = self._tail(g0, g1)
+            if t1 > g0:
+                out[:, :, : t1 - g0, m0] = x[:, :, start + g0 : start + t1]
+        else:
+            out = main
+        return out.reshape(out.shape[0], -1, self.m, *out.shape[4:])
+
+    def _scatter(self, dst: torch.Tensor, val: torch.Tensor, g0: int, g1: int, add: bool) -> None:
         """Write/add ``val (b, hp g, m, *)`` at the classes' positions of ``dst (b, hp, n, *)``
         (the part's heads)."""
-        val = val.reshape(*dst.shape[:2], -1, *val.shape[3:])
-        okf = ok.flatten()
-        if not bool(okf.all()):
-            val, idx = val[:, :, okf], idx[okf]
-        dst.index_add_(2, idx, val) if add else dst.index_copy_(2, idx, val)
+        m0 = self.n // self.rate
+        val = val.view(*dst.shape[:2], g1 - g0, self.m, *val.shape[3:])
+        main, src = self._grid(dst, g0, g1), val[:, :, :, :m0].transpose(2, 3)
+        main.add_(src) if add else main.copy_(src)
+        start, t1 = self._tail(g0, g1)
+        if m0 < self.m and t1 > g0:
+            d, sv = dst[:, :, start + g0 : start + t1], val[:, :, : t1 - g0, m0]
+            d.add_(sv) if add else d.copy_(sv)
 
-    def forward(self, q, k, v, scale):
+    def forward(self, q, k, v, scale, out=None, lse=None):
+        """``(out, lse)`` of the part's heads (written into ``out``/``lse`` when given)."""
         b, hp = q.shape[0], self.h1 - self.h0
-        out = q.new_empty(b, hp, self.n, v.shape[-1])
-        lse = q.new_empty(b, hp, self.n)
+        out = q.new_empty(b, hp, self.n, v.shape[-1]) if out is None else out
+        lse = q.new_empty(b, hp, self.n) if lse is None else lse
         for g0, g1 in self._chunks(b, q.shape[-1]):
-            idx, ok = self._index(g0, g1)
-            plan = self._plan(b, g1 - g0, ok, idx)
-            qc, kc, vc = (self._gather(x, idx, g1 - g0) for x in (q, k, v))
+            plan = self._plan(b, g0, g1, self._ok(g0, g1))
+            qc, kc, vc = (self._gather(x, g0, g1) for x in (q, k, v))
             o, lo = forward_no_grad(plan, qc, kc, vc, scale)
-            self._scatter(out, o, idx, ok, add=False)
-            self._scatter(lse, lo, idx, ok, add=False)
+            self._scatter(out, o, g0, g1, add=False)
+            self._scatter(lse, lo, g0, g1, add=False)
         return out, lse
 
     def backward(self, q, k, v, out, lse, dout, dlse, scale, dq, dk, dv) -> None:
-        b = q.shape[0]
+        """Padding entries are zero in every gathered chunk (``dout`` too), so they add nothing."""
+        b, hs = q.shape[0], slice(self.h0, self.h1)
         for g0, g1 in self._chunks(b, q.shape[-1]):
-            idx, ok = self._index(g0, g1)
-            g = g1 - g0
-            plan = self._plan(b, g, ok, idx)
-            qc, kc, vc = (self._gather(x, idx, g) for x in (q, k, v))
-            oc, lc, doc = (self._gather(x, idx, g) for x in (out, lse, dout))
-            dlc = None if dlse is None else self._gather(dlse, idx, g)
-            if not bool(ok.all()):  # padding rows copy query n - 1: they must not send gradient
-                doc.view(b, -1, g, self.m, doc.shape[-1]).mul_(ok[:, :, None])
-                if dlc is not None:
-                    dlc.view(b, -1, g, self.m).mul_(ok)
+            plan = self._plan(b, g0, g1, self._ok(g0, g1))
+            qc, kc, vc = (self._gather(x, g0, g1) for x in (q, k, v))
+            oc, lc, doc = (self._gather(x, g0, g1) for x in (out, lse, dout))
+            dlc = None if dlse is None else self._gather(dlse, g0, g1)
             gq, gk, gv = (torch.zeros_like(x) for x in (qc, kc, vc))
             backward_acc(plan, qc, kc, vc, oc, lc, doc, dlc, scale, gq, gk, gv)
             for dst, val in ((dq, gq), (dk, gk), (dv, gv)):
-                self._scatter(dst[:, self.h0 : self.h1], val, idx, ok, add=True)
+                self._scatter(dst[:, hs], val, g0, g1, add=True)
 
     def autograd(self, q, k, v, scale, dropout_p):
-        idx, ok = self._index(0, self.rate)
-        plan = self._plan(q.shape[0], self.rate, ok, idx)
+        """Differentiable: gather every class at once (``_gather`` is built from views and
+        slice assignments, which autograd follows), attend, put back in position order."""
+        r = self.rate
+        plan = self._plan(q.shape[0], 0, r, self._ok(0, r))
         o, lo = forward_autograd(
-            plan, *(self._gather(x, idx, self.rate) for x in (q, k, v)), scale, dropout_p
+            plan, *(self._gather(x, 0, r) for x in (q, k, v)), scale, dropout_p
         )
-        okf = ok.flatten()
-        b, hp = q.shape[0], self.h1 - self.h0
-        o = o.reshape(b, hp, -1, o.shape[-1])[:, :, okf]
-        lo = lo.reshape(b, hp, -1)[:, :, okf]
-        pos = idx[okf]
-        out = o.new_zeros(b, hp, self.n, o.shape[-1]).index_copy(2, pos, o)
-        return out, lo.new_zeros(b, hp, self.n).index_copy(2, pos, lo)
+        return self._ungather(o), self._ungather(lo)
+
+    def _ungather(self, val: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``_gather`` for all classes, differentiably: ``(b, hp r, m, *)`` ->
+        ``(b, hp, n, *)`` (class-major rows back to position order, padding dropped)."""
+        b, hp, r = val.shape[0], self.h1 - self.h0, self.rate
+        grid = val.reshape(b, hp, r, self.m, *val.shape[3:]).transpose(2, 3)  # (b, hp, m, r, *)
+        return grid.reshape(b, hp, self.m * r, *val.shape[3:])[:, :, : self.n]
 
 
 def _merge_into(out, lse, o, lo) -> None:
@@ -191,18 +214,24 @@ def _covers(parts, h: int) -> bool:
 
 
 def union_forward(parts, q, k, v, scale):
-    """``(out (b, h, n, e_v), lse (b, h, n))`` of the union, no graph."""
+    """``(out (b, h, n, e_v), lse (b, h, n))`` of the union, no graph. The first part on a head
+    range writes straight into ``out``; later ones on the same heads are merged in."""
     b, h, n = q.shape[:3]
     with torch.no_grad():
         if _covers(parts, h):
             return parts[0].forward(q, k, v, scale)
         out = q.new_zeros(b, h, n, v.shape[-1])
         lse = q.new_full((b, h, n), -math.inf)
+        done = torch.zeros(h, dtype=torch.bool)
         for part in parts:
-            o, lo = part.forward(q, k, v, scale)
             hs = slice(part.h0, part.h1)
-            _merge_into(out[:, hs], lse[:, hs], o, lo)
-            del o, lo
+            if not bool(done[hs].any()):
+                part.forward(q, k, v, scale, out[:, hs], lse[:, hs])
+            else:
+                o, lo = part.forward(q, k, v, scale)
+                _merge_into(out[:, hs], lse[:, hs], o, lo)
+                del o, lo
+            done[hs] = True
         return out, lse
 
 

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# Elements of one chunk of score tiles (b * h * tiles * B * T): 1 MiB in float32. Smaller chunks are
+# Elements of one chunk of score tiles (b * h * tiles * B * T): 512 KiB in float32. Smaller chunks are
 # cache-friendlier, larger ones start fewer parallel regions (costly on an oversubscribed CPU).
-CHUNK_ELEMENTS = 1 << 18
+CHUNK_ELEMENTS = 1 << 17
 
 
 @dataclass
@@ -198,10 +198,10 @@ def _v_tile(plan: TilePlan, v: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
     return plan.k_tile_t(v, c0, c1).transpose(-1, -2)  # (b, h, c|1, T, e)
 
 
-def _forward_no_grad(plan: TilePlan, q, k, v, scale):
+def _forward_no_grad(plan: TilePlan, q, k, v, scale, out=None, lse=None):
     b, h, nq, _ = q.shape
-    out = q.new_empty(b, h, nq, v.shape[-1])
-    lse = q.new_empty(b, h, nq)
+    out = q.new_empty(b, h, nq, v.shape[-1]) if out is None else out
+    lse = q.new_empty(b, h, nq) if lse is None else lse
     tiny = torch.finfo(q.dtype).tiny
     for h0, h1, c0, c1 in plan.chunks(b, h):
         pl, hs = plan.heads(h0, h1), slice(h0, h1)
@@ -218,11 +218,18 @@ def _forward_no_grad(plan: TilePlan, q, k, v, scale):
 
 
 def forward_no_grad(
-    plan: TilePlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+    plan: TilePlan,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``out (b, h, n_q, e_v)`` and ``lse (b, h, n_q)`` of one plan, chunk by chunk (no graph)."""
+    """``out (b, h, n_q, e_v)`` and ``lse (b, h, n_q)`` of one plan, chunk by chunk (no graph);
+    written into ``out``/``lse`` when given (views are fine)."""
     with torch.no_grad():
-        return _forward_no_grad(plan, q, k, v, scale)
+        return _forward_no_grad(plan, q, k, v, scale, out, lse)
 
 
 def backward_acc(plan: TilePlan, q, k, v, out, lse, dout, dlse, scale: float, dq, dk, dv) -> None:

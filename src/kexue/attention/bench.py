@@ -24,7 +24,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kexue.attention.functional import atrous_attention, local_attention, sparse_attention
+from kexue.attention.functional import (
+    atrous_attention,
+    fixed_attention,
+    local_attention,
+    sparse_attention,
+    strided_attention,
+)
 from kexue.attention.patterns import pattern_mask
 from kexue.core.timing import peak_extra_mib as peak_rss_mib
 from kexue.core.timing import time_calls
@@ -49,7 +55,8 @@ class Method:
 
 def default_methods(window: int = 64, rate: int = 128, keys: int = 128) -> list[Method]:
     """SDPA full, SDPA + dense local mask, our local/atrous/sparse (atrous twice: fixed ``rate``
-    and ``rate = n / keys``, i.e. a constant ``keys`` per query)."""
+    and ``rate = n / keys``, i.e. a constant ``keys`` per query) and the Sparse Transformer's
+    strided/fixed with stride ``rate``."""
 
     def sdpa_mask(n: int) -> AttnFn:
         mask = pattern_mask("local", n, window=window)
@@ -65,6 +72,8 @@ def default_methods(window: int = 64, rate: int = 128, keys: int = 128) -> list[
             lambda n: lambda q, k, v: atrous_attention(q, k, v, max(1, n // keys)),
         ),
         Method(f"sparse({rate})", lambda n: lambda q, k, v: sparse_attention(q, k, v, rate)),
+        Method(f"strided({rate})", lambda n: lambda q, k, v: strided_attention(q, k, v, rate)),
+        Method(f"fixed({rate})", lambda n: lambda q, k, v: fixed_attention(q, k, v, rate)),
     ]
 
 

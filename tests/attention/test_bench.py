@@ -12,10 +12,10 @@ from kexue.attention.bench import default_methods, markdown_table, run_benchmark
 def test_run_benchmark_and_table():
     rows = run_benchmark([64, 128], default_methods(window=8, rate=16, keys=8), h=2, e=8,
                          repeats=1, memory=False)  # fmt: skip
-    assert len(rows) == 12 and not any(r["error"] for r in rows)
+    assert len(rows) == 16 and not any(r["error"] for r in rows)  # 8 methods x 2 sizes
     assert all(r["fwd_s"] > 0 and r["fwd_bwd_s"] > 0 for r in rows)
     table = markdown_table(rows)
-    assert table.count("\n") == 13 and "| local(8) | 128 |" in table
+    assert table.count("\n") == 17 and "| local(8) | 128 |" in table and "| fixed(16) | 64 |" in table
 
 
 def test_peak_memory_grows_for_dense_mask():

@@ -22,8 +22,7 @@ from typing import Any
 
 from kexue.report import Result, pm, rank_claim
 from kexue.tagging.metrics import cws_prf
-from kexue.tagging.recipe import detect_scheme, entity_labels, evaluate, fit_tagger
-from kexue.tagging.schemes import tag_set
+from kexue.tagging.recipe import evaluate, fit_tagger, new_bert_tagger
 
 __all__ = ["bert_row", "jieba_scores", "draw_plots", "metric_key", "pretrained", "side_by_side"]
 
@@ -77,12 +76,9 @@ def bert_row(path: Path, train: list, test: list, task: str, head: str, *, seed:
         ``{"f1", "train_seconds", "steps"}`` (``f1`` on ``test``, 0-1).
     """
     from kexue.core.seed import seed_everything
-    from kexue.tagging.bert import BertTagger
 
     seed_everything(seed, deterministic=False)  # before the dense layer and head are built
-    scheme = "BMES" if task == "cws" else detect_scheme(train)
-    tags = tag_set(scheme, entity_labels(train)) if task == "ner" else tag_set(scheme)
-    tagger = BertTagger(bert=path, tags=tags, head=head, scheme=scheme, dropout=dropout)
+    tagger = new_bert_tagger(train, task, path, head=head, dropout=dropout)
     hist = fit_tagger(tagger, train, epochs=1000, seed=seed, progress=False, max_seconds=seconds,
                       **fit_kwargs)  # fmt: skip
     f1 = evaluate(tagger, test, task)["f1"]

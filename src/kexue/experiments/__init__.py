@@ -73,7 +73,8 @@ register(
         module="kexue.experiments.crf_memm",
         article="CRF用过了，不妨再了解下更快的MEMM？ “Used CRF? Meet the faster MEMM” (2020-02-24)",
         part="kexue.tagging",
-        summary="softmax vs CRF vs MEMM vs Bi-MEMM heads on Chinese word segmentation and NER",
+        summary="softmax vs CRF vs MEMM vs Bi-MEMM heads on Chinese word segmentation and NER, "
+        "beside jieba and a tiny BERT encoder",
         full_time="many hours (estimate: whole training sets, 4 heads x 4 sets x 3 seeds)",
     )
 )

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kexue.attention import _flash
+
 # Elements of one chunk of score tiles (b * h * tiles * B * T): 512 KiB in float32. Smaller chunks are
 # cache-friendlier, larger ones start fewer parallel regions (costly on an oversubscribed CPU).
 CHUNK_ELEMENTS = 1 << 17
@@ -82,19 +84,27 @@ class TilePlan:
         """``T``: keys per tile."""
         return self.key_len if self.full else (self.left + self.right + 1) * self.block
 
-    def chunks(self, b: int, h: int) -> list[tuple[int, int, int, int]]:
+    def chunks(
+        self, b: int, h: int, skip: tuple[int, int] | None = None
+    ) -> list[tuple[int, int, int, int]]:
         """``(h0, h1, c0, c1)`` ranges of heads and query blocks processed together, so that one
-        chunk of scores holds about :data:`CHUNK_ELEMENTS` numbers (cache-sized, bounded memory)."""
-        per_head = b * self.tiles * self.block * self.tile_keys
-        if per_head <= CHUNK_ELEMENTS:
-            hc = max(1, CHUNK_ELEMENTS // per_head)
-            return [(h0, min(h0 + hc, h), 0, self.tiles) for h0 in range(0, h, hc)]
-        per = max(1, CHUNK_ELEMENTS // (b * self.block * self.tile_keys))
-        return [
-            (h0, h0 + 1, c0, min(c0 + per, self.tiles))
-            for h0 in range(h)
-            for c0 in range(0, self.tiles, per)
-        ]
+        chunk of scores holds about :data:`CHUNK_ELEMENTS` numbers (cache-sized, bounded memory);
+        query blocks ``skip[0] .. skip[1]`` are left out (done by the fused kernel)."""
+        segs = [(0, self.tiles)] if skip is None else [(0, skip[0]), (skip[1], self.tiles)]
+        out = []
+        for a, z in segs:
+            if z <= a:
+                continue
+            per_head = b * (z - a) * self.block * self.tile_keys
+            if per_head <= CHUNK_ELEMENTS:
+                hc = max(1, CHUNK_ELEMENTS // per_head)
+                out += [(h0, min(h0 + hc, h), a, z) for h0 in range(0, h, hc)]
+                continue
+            per = max(1, CHUNK_ELEMENTS // (b * self.block * self.tile_keys))
+            out += [
+                (h0, h0 + 1, c0, min(c0 + per, z)) for h0 in range(h) for c0 in range(a, z, per)
+            ]
+        return out
 
     def heads(self, h0: int, h1: int) -> TilePlan:
         """The plan restricted to heads ``h0..h1`` (slices a per-head ``key_valid``)."""
@@ -203,7 +213,10 @@ def _forward_no_grad(plan: TilePlan, q, k, v, scale, out=None, lse=None):
     out = q.new_empty(b, h, nq, v.shape[-1]) if out is None else out
     lse = q.new_empty(b, h, nq) if lse is None else lse
     tiny = torch.finfo(q.dtype).tiny
-    for h0, h1, c0, c1 in plan.chunks(b, h):
+    skip = _flash.interior(plan, q, k, v)
+    if skip is not None:  # interior band tiles: PyTorch's fused CPU kernel
+        _flash.forward(plan, q, k, v, scale, out, lse, *skip)
+    for h0, h1, c0, c1 in plan.chunks(b, h, skip):
         pl, hs = plan.heads(h0, h1), slice(h0, h1)
         qs = pl.q_tile(q[:, hs], c0, c1) * scale  # alpha Q, one chunk (stays in cache)
         s = _masked_scores(pl, qs, k[:, hs], c0, c1, inplace=True)
@@ -242,7 +255,10 @@ def backward_acc(plan: TilePlan, q, k, v, out, lse, dout, dlse, scale: float, dq
     heads (views are fine: gradients are added in place).
     """
     b, h = q.shape[:2]
-    for h0, h1, c0, c1 in plan.chunks(b, h):
+    skip = _flash.interior(plan, q, k, v) if dlse is None else None
+    if skip is not None:  # interior band tiles: PyTorch's fused CPU kernel
+        _flash.backward(plan, q, k, v, out, lse, dout, scale, dq, dk, dv, *skip)
+    for h0, h1, c0, c1 in plan.chunks(b, h, skip):
         pl, hs = plan.heads(h0, h1), slice(h0, h1)
         qs = pl.q_tile(q[:, hs], c0, c1) * scale  # alpha Q
         p = _masked_scores(pl, qs, k[:, hs], c0, c1, inplace=True)

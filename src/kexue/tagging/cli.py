@@ -450,6 +450,7 @@ def _build(args: argparse.Namespace, train_ex: list, task: str, units: str, enc_
 def _finish(args, tagger, hist, train_ex, dev_ex, task, units) -> int:
     """Score dev and train with the kept weights, save the model and its lexicon, print."""
     extra: dict[str, Any] = {"task": task, "units": units, "train_sentences": len(train_ex)}
+    extra["args"] = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     extra.update(
         train_seconds=hist["wall_time"], steps=hist["steps"], epochs_run=hist["epochs"],
         stopped_by=hist["stopped_by"], dev_sentences=len(dev_ex),

@@ -7,7 +7,7 @@ FlexAttention with a sliding-window block mask (forward only: no CPU backward) w
 Then the issue's targets at the largest n are checked and printed. Not a test.
 
     .venv/bin/python benchmarks/attention.py [--sizes 1024 2048 4096 8192 16384] [--threads 2]
-        [--no-flex] [--flex-sizes 16384] [--no-memory]
+        [--no-flex] [--flex-sizes 16384] [--no-memory] [--kernel-threads 1]
 
 Memory method: see kexue.attention.bench (resident-set peak during one fwd+bwd, glibc mmap
 threshold lowered so freed tensors return to the OS).
@@ -23,7 +23,14 @@ import time
 
 import torch
 
-from kexue.attention.bench import default_methods, flex_method, markdown_table, run_benchmark
+from kexue.attention import _parts
+from kexue.attention.bench import (
+    default_methods,
+    flex_method,
+    markdown_table,
+    run_benchmark,
+    time_method,
+)
 
 
 def _get(rows, method, n, key="fwd_bwd_s"):
@@ -88,8 +95,13 @@ def main() -> None:
     p.add_argument("--no-flex", action="store_true")
     p.add_argument("--flex-sizes", type=int, nargs="+", default=None, help="default: largest n")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument(
+        "--kernel-threads", type=int, default=1,
+        help="threads inside kexue's attention kernels (0: torch's setting); default 1",
+    )  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    _parts.KERNEL_THREADS = args.kernel_threads or None
     t0 = time.time()
     rows = run_benchmark(
         args.sizes, default_methods(), repeats=args.repeats, memory=False, progress=print
@@ -125,6 +137,27 @@ def main() -> None:
     if not args.no_memory:
         print("Memory targets (peak extra MiB of one fwd+bwd):")
         print("\n".join(memory_targets(rows)))
+    if args.threads > 1:
+        print(thread_target(n, args.threads))
+
+
+def thread_target(n: int, threads: int) -> str:
+    """Issue 15: local(64) fwd+bwd with ``threads`` torch threads is not slower than with 1
+    (the kernels pinned to :data:`kexue.attention._parts.KERNEL_THREADS`), same inputs,
+    interleaved, best of 3 each."""
+    method = next(m for m in default_methods() if m.name == "local(64)")
+    fn, best = method.build(n), {}
+    for _ in range(3):
+        for t in (1, threads):
+            torch.set_num_threads(t)
+            s = time_method(fn, n, repeats=1)["fwd_bwd_s"]
+            best[t] = min(best.get(t, math.inf), s)
+    torch.set_num_threads(threads)
+    r = best[threads] / best[1]
+    return (
+        f"- local(64) fwd+bwd at n={n}: {threads} threads {best[threads] * 1e3:.0f} ms, 1 thread "
+        f"{best[1] * 1e3:.0f} ms, ratio {r:.2f} (<= 1) -> {'MET' if r <= 1 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

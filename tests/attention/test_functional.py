@@ -414,3 +414,24 @@ def test_gradcheck_float64_fused_tiles():
     assert torch.autograd.gradcheck(
         lambda a, b, c: attention(a, b, c, "local", window=3), (q, k, v), fast_mode=True
     )
+
+
+def test_kernels_pinned_to_one_thread_and_restored(monkeypatch):
+    """Issue 15: inside the kernels torch runs KERNEL_THREADS (1) threads (2 threads stalled
+    the many small ops on a busy machine); the caller's setting is restored, also in backward."""
+    from kexue.attention import _flash
+
+    seen, real = [], _flash.backward
+    monkeypatch.setattr(
+        _flash, "backward", lambda *a: seen.append(torch.get_num_threads()) or real(*a)
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        q, k, v, _, g = _inputs(1, 2, 200, 4, torch.float32)
+        out = attention(q, k, v, "local", window=3)
+        assert torch.get_num_threads() == 2
+        (out * g).sum().backward()
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

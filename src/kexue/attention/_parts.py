@@ -19,7 +19,9 @@ is ``out``, the gradients and a few chunks.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +33,27 @@ from kexue.attention._tiles import (
     forward_no_grad,
     merge_parts,
 )
+
+# Threads inside the kernels (None: torch's setting). The generic path is many small ops, each an
+# OpenMP region; with 2+ threads on a busy machine every region waits for a descheduled thread
+# (measured: 2 threads 16x slower than 1). Pinned, a multi-threaded model keeps its threads for
+# the rest (projections, FFN) and attention runs as fast as single-threaded.
+KERNEL_THREADS: int | None = 1
+
+
+@contextlib.contextmanager
+def kernel_threads() -> Iterator[None]:
+    """Run the block with at most :data:`KERNEL_THREADS` torch threads, then restore."""
+    n = torch.get_num_threads()
+    if KERNEL_THREADS is None or n <= KERNEL_THREADS:
+        yield
+        return
+    torch.set_num_threads(KERNEL_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
 
 # Elements of one gathered chunk of residue classes (b * h * g * m * e): 256 KiB in float32 (a
 # backward step holds about nine such chunks: q, k, v, out, dout and three gradients).
@@ -217,7 +240,7 @@ def union_forward(parts, q, k, v, scale):
     """``(out (b, h, n, e_v), lse (b, h, n))`` of the union, no graph. The first part on a head
     range writes straight into ``out``; later ones on the same heads are merged in."""
     b, h, n = q.shape[:3]
-    with torch.no_grad():
+    with torch.no_grad(), kernel_threads():
         if _covers(parts, h):
             return parts[0].forward(q, k, v, scale)
         out = q.new_zeros(b, h, n, v.shape[-1])
@@ -251,8 +274,9 @@ class _UnionAttention(torch.autograd.Function):
             dout = torch.zeros_like(out)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         lse = lse.masked_fill(lse == -math.inf, 0.0)  # rows without keys: P = 0
-        for part in ctx.parts:
-            part.backward(q, k, v, out, lse, dout, dlse, ctx.scale, dq, dk, dv)
+        with kernel_threads():
+            for part in ctx.parts:
+                part.backward(q, k, v, out, lse, dout, dlse, ctx.scale, dq, dk, dv)
         return dq, dk, dv, None, None
 
 

@@ -91,13 +91,14 @@ class Config:
     bench_memory: bool = True
     long_patterns: tuple[str, ...] = KINDS
     long_seq_len: int = 2048
-    long_dim: int = 128
+    long_dim: int = 64
     long_heads: int = 4
     long_layers: int = 2
     long_window: int = 64
     long_rate: int = 32
-    long_batch_size: int = 2
-    long_lr: float = 2e-3
+    long_batch_size: int = 1
+    long_lr: float = 5e-3
+    long_warmup_steps: int = 10
     time_budget_s: float = 15.0
     long_eval_every_s: float = 5.0
     long_eval_windows: int = 8
@@ -150,13 +151,14 @@ PRESETS = {
         long_window=8, long_rate=8, time_budget_s=1.0, long_eval_every_s=0.5,
         long_eval_windows=2, long_seeds=(0,), threads=1,
     ),
-    "quick": Config(steps=100, eval_every=25, threads=1),
+    "quick": Config(steps=80, eval_every=20, threads=1),
     "full": Config(
         seq_len=512, dim=256, heads=8, layers=4, window=32, rate=23, steps=3000, batch_size=32,
         lr=1e-3, dropout=0.1, train_chars=4_500_000, eval_chars=200_000, eval_every=500,
         bench_sizes=(1024, 2048, 4096, 8192, 16384), long_seq_len=8192, long_dim=256,
         long_heads=8, long_layers=4, long_window=128, long_rate=64, long_batch_size=1,
-        long_lr=1e-3, time_budget_s=600.0, long_eval_every_s=60.0, threads=1,
+        long_lr=1e-3, long_warmup_steps=50, time_budget_s=600.0, long_eval_every_s=60.0,
+        threads=1,
     ),
 }  # fmt: skip
 

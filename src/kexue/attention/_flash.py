@@ -22,10 +22,13 @@ import math
 
 import torch
 
-# Elements of one call's output (forward: h * c * B * e) or key gradient (backward: h * c * T * e):
-# 2 MiB / 1 MiB in float32 (fewer, larger calls; the key tiles themselves are never copied).
+# Elements of one call's output (forward: h * c * B * e, 2 MiB in float32; the key tiles are never
+# copied) or of its key gradient (backward: h * c * T * e, 512 KiB: the kernel returns key grads
+# per tile, T / B times the rows). Larger backward chunks ran faster (fewer calls) but put
+# local(64)'s fwd+bwd peak at n = 4096 level with SDPA full's; this size keeps a margin (the
+# table of benchmarks/attention.py shows both).
 FORWARD_ELEMENTS = 1 << 19
-BACKWARD_ELEMENTS = 1 << 18
+BACKWARD_ELEMENTS = 1 << 17
 USE_FUSED = True  # False: every tile takes the generic path of ._tiles (tests compare the two)
 _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward

@@ -69,8 +69,10 @@ def char_corpus(train_chars: int, eval_chars: int, vocab_size: int) -> CharCorpu
 
 
 @dataclass(frozen=True)
-class LMSetup:
-    """Model and training budget of one char-LM run."""
+class LMShape:
+    """Model shape and optimiser step of a char LM: ``layers`` blocks of width ``dim``, ``heads``
+    heads over ``seq_len`` characters, local ``window``, atrous/sparse rate or strided/fixed
+    stride ``rate``; ``batch_size`` windows per AdamW step at learning rate ``lr``."""
 
     seq_len: int
     dim: int
@@ -78,9 +80,15 @@ class LMSetup:
     layers: int
     window: int
     rate: int
-    steps: int
     batch_size: int
     lr: float
+
+
+@dataclass(frozen=True)
+class LMSetup(LMShape):
+    """Model and training budget (``steps``) of one char-LM run."""
+
+    steps: int
     dropout: float
     eval_every: int
     seed: int = 0
@@ -161,7 +169,7 @@ def train_char_lm(
 
 
 @dataclass(frozen=True)
-class BudgetSetup:
+class BudgetSetup(LMShape):
     """One equal-time char-LM run: model shape, batch, and the training-time budget.
 
     ``clock`` is ``"cpu"`` (process CPU seconds: with torch pinned to one thread this equals
@@ -171,14 +179,6 @@ class BudgetSetup:
     every test window).
     """
 
-    seq_len: int
-    dim: int
-    heads: int
-    layers: int
-    window: int
-    rate: int
-    batch_size: int
-    lr: float
     budget_s: float
     eval_every_s: float
     warmup_steps: int = 20

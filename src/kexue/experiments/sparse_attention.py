@@ -380,4 +380,6 @@ def _equal_time(cfg: Config, corpus, res: Result, out_dir: Path, progress: bool,
                     note=f"n={n}, {budget} per run, test bpc {text}; a gap counts only if it exceeds the spread over >= 3 seeds",
                     verdict="holds" if lighter else "does not hold" if not ok else "partly")  # fmt: skip
         res.note(f"Equal-time arm: every run trains for {budget} of {cfg.clock}-clock time (evaluation excluded), so a cheaper pattern fits more steps. Patterns at least as good as full (lower bpc or within noise) while using less memory: {', '.join(lighter) or 'none'}.")  # fmt: skip
+    if min(mean_std(b)[0] for b in bpc.values()) > base[1]:
+        res.note(f"After {budget} every equal-time model is still above the add-one bigram's {base[1]:.3f} bpc: these are early-training comparisons, not converged models.")  # fmt: skip
     return f"At equal time ({budget}, n={n}) test bits/char: {text} (bigram {base[1]:.3f})."

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from kexue.attention import _parts
+from kexue.attention import set_kernel_threads
 from kexue.attention.bench import (
     default_methods,
     flex_method,
@@ -96,12 +96,12 @@ def main() -> None:
     p.add_argument("--flex-sizes", type=int, nargs="+", default=None, help="default: largest n")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument(
-        "--kernel-threads", type=int, default=1,
-        help="threads inside kexue's attention kernels (0: torch's setting); default 1",
+        "--kernel-threads", type=int, default=0,
+        help="cap on the threads inside kexue's attention kernels (0: torch's setting)",
     )  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    _parts.KERNEL_THREADS = args.kernel_threads or None
+    set_kernel_threads(args.kernel_threads or None)
     t0 = time.time()
     rows = run_benchmark(
         args.sizes, default_methods(), repeats=args.repeats, memory=False, progress=print
@@ -143,7 +143,7 @@ def main() -> None:
 
 def thread_target(n: int, threads: int) -> str:
     """Issue 15: local(64) fwd+bwd with ``threads`` torch threads is not slower than with 1
-    (the kernels pinned to :data:`kexue.attention._parts.KERNEL_THREADS`), same inputs,
+    (kernel threads as set by ``--kernel-threads``), same inputs,
     interleaved, best of 3 each."""
     method = next(m for m in default_methods() if m.name == "local(64)")
     fn, best = method.build(n), {}

@@ -417,9 +417,15 @@ def test_gradcheck_float64_fused_tiles():
 
 
 def test_kernels_pinned_to_one_thread_and_restored(monkeypatch):
-    """Issue 15: inside the kernels torch runs KERNEL_THREADS (1) threads (2 threads stalled
-    the many small ops on a busy machine); the caller's setting is restored, also in backward."""
-    from kexue.attention import _flash
+    """Issue 15: with set_kernel_threads(1) torch runs 1 thread inside the kernels (2 threads
+    stalled the many small ops on a busy machine); the caller's setting is restored, also in
+    backward."""
+    from kexue.attention import _flash, _parts, set_kernel_threads
+
+    monkeypatch.setattr(_parts, "KERNEL_THREADS", None)
+    set_kernel_threads(1)
+    with pytest.raises(ValueError, match="n must be None or an int >= 1"):
+        set_kernel_threads(0)
 
     seen, real = [], _flash.backward
     monkeypatch.setattr(
@@ -433,5 +439,9 @@ def test_kernels_pinned_to_one_thread_and_restored(monkeypatch):
         assert torch.get_num_threads() == 2
         (out * g).sum().backward()
         assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        set_kernel_threads(None)  # the default: torch's own setting inside the kernels too
+        seen.clear()
+        (attention(q, k, v, "local", window=3) * g).sum().backward()
+        assert set(seen) == {2}
     finally:
         torch.set_num_threads(before)

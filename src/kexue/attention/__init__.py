@@ -6,6 +6,7 @@ masks and pictures as data (:mod:`kexue.attention.patterns`), KV caches for deco
 shipped text.
 """
 
+from kexue.attention._parts import set_kernel_threads
 from kexue.attention.cache import BoundedKVCache, KVCache
 from kexue.attention.functional import (
     atrous_attention,
@@ -52,6 +53,7 @@ __all__ = [
     "pattern_mask",
     "pattern_picture",
     "pattern_title",
+    "set_kernel_threads",
     "sparse_attention",
     "strided_attention",
 ]

@@ -35,10 +35,26 @@ from kexue.attention._tiles import (
 )
 
 # Threads inside the kernels (None: torch's setting). The generic path is many small ops, each an
-# OpenMP region; with 2+ threads on a busy machine every region waits for a descheduled thread
-# (measured: 2 threads 16x slower than 1). Pinned, a multi-threaded model keeps its threads for
-# the rest (projections, FFN) and attention runs as fast as single-threaded.
-KERNEL_THREADS: int | None = 1
+# OpenMP region; with 2+ threads on an oversubscribed machine every region waits for a
+# descheduled thread (measured on a busy 2-core box: 2 threads up to 16x slower than 1). On an
+# idle machine more threads are faster (local(64) fwd+bwd n=16384, 2 cores: 328 ms with torch's
+# 2 threads vs 477 ms pinned to 1), so the default follows torch; set_kernel_threads(1) pins.
+KERNEL_THREADS: int | None = None
+
+
+def set_kernel_threads(n: int | None) -> None:
+    """Cap the torch threads used inside kexue's attention kernels at ``n`` (``None``: no cap).
+
+    Outside the kernels the caller's ``torch.get_num_threads()`` is untouched, so a model keeps
+    its threads for projections and feed-forward layers. Useful on a shared machine where
+    OpenMP's thread team stalls on many small ops; the setting is process-wide (the kernels
+    call ``torch.set_num_threads``), so do not combine it with several Python threads running
+    torch at once.
+    """
+    global KERNEL_THREADS
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be None or an int >= 1, got {n!r}")
+    KERNEL_THREADS = n
 
 
 @contextlib.contextmanager

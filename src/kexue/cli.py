@@ -1,7 +1,8 @@
 """The ``kexue`` command line.
 
 ``kexue list`` · ``kexue reproduce NAME|all --scale smoke|quick|full --out DIR [key=value ...]`` ·
-``kexue report --scale quick --out report/`` · ``kexue data list`` · ``kexue tag train|predict``.
+``kexue report --scale quick --out report/`` · ``kexue data list`` ·
+``kexue tag train|evaluate|predict`` · ``kexue lm|mrc|vq|seq2seq ...`` (each part's ``cli.py``).
 
 User errors (bad arguments, unknown names, malformed files) print one line on stderr and exit
 with code 2; no traceback unless ``KEXUE_DEBUG=1``.

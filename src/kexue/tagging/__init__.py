@@ -5,6 +5,7 @@ Su Jianlin, 《CRF用过了，不妨再了解下更快的MEMM？》 (kexue.fm, 2
 """
 
 from kexue.tagging._common import Constraints
+from kexue.tagging.bert import BertTagger, load_tagger
 from kexue.tagging.crf import CRF
 from kexue.tagging.memm import MEMM, BiMEMM
 from kexue.tagging.metrics import cws_prf, entity_prf, entity_set_f1
@@ -22,6 +23,7 @@ from kexue.tagging.viterbi import viterbi_decode, viterbi_nbest
 __all__ = [
     "CRF",
     "MEMM",
+    "BertTagger",
     "BiMEMM",
     "Constraints",
     "Tagger",
@@ -29,6 +31,7 @@ __all__ = [
     "cws_prf",
     "entity_prf",
     "entity_set_f1",
+    "load_tagger",
     "spans_to_tags",
     "tag_set",
     "tags_to_spans",

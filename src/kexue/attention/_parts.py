@@ -33,6 +33,7 @@ from kexue.attention._tiles import (
     forward_no_grad,
     merge_parts,
 )
+from kexue.core.checks import check_positive_int
 
 # Threads inside the kernels (None: torch's setting). The generic path is many small ops, each an
 # OpenMP region; with 2+ threads on an oversubscribed machine every region waits for a
@@ -52,9 +53,7 @@ def set_kernel_threads(n: int | None) -> None:
     torch at once.
     """
     global KERNEL_THREADS
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"n must be None or an int >= 1, got {n!r}")
-    KERNEL_THREADS = n
+    KERNEL_THREADS = None if n is None else check_positive_int(n, "n", type_error=ValueError)
 
 
 @contextlib.contextmanager

@@ -139,6 +139,41 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def swap_in_dir(tmp: str | os.PathLike, directory: str | os.PathLike) -> Path:
+    """Atomically make the finished directory ``tmp`` become ``directory``.
+
+    Entries of an existing ``directory`` that ``tmp`` does not hold (training checkpoints, a
+    user's files) are moved into ``tmp`` first, then the old directory is renamed away and
+    ``tmp`` renamed into place; on any error those entries are put back, the old files are left
+    as they were and ``tmp`` is removed. ``tmp`` must be a sibling of ``directory`` (same file
+    system). Returns ``directory``.
+    """
+    import shutil
+
+    tmp, d = Path(tmp), Path(directory)
+    moved: list[str] = []
+    try:
+        if d.exists():
+            for entry in d.iterdir():
+                if not (tmp / entry.name).exists():
+                    os.rename(entry, tmp / entry.name)
+                    moved.append(entry.name)
+            old = Path(tempfile.mkdtemp(prefix=f".{d.name}.", suffix=".old", dir=d.parent))
+            os.rename(d, old / "previous")
+            os.rename(tmp, d)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, d)
+    except BaseException:
+        if d.is_dir():  # put the other entries back; the old model files are untouched
+            for name in moved:
+                if (tmp / name).exists():
+                    os.rename(tmp / name, d / name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return d
+
+
 def check_out_dir(out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> Path:
     """The rule every ``--out`` of a training command follows; returns ``Path(out)``.
 

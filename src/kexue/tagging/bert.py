@@ -46,7 +46,13 @@ import torch
 from torch import Tensor, nn
 
 from kexue.core.checks import check_positive_int
-from kexue.core.io import atomic_write_json, default_dir_mode, load_safetensors, save_safetensors
+from kexue.core.io import (
+    atomic_write_json,
+    default_dir_mode,
+    load_safetensors,
+    save_safetensors,
+    swap_in_dir,
+)
 from kexue.tagging.crf import CRF
 from kexue.tagging.memm import MEMM, BiMEMM
 from kexue.tagging.schemes import allowed_transitions
@@ -347,7 +353,7 @@ class BertTagger(nn.Module):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _swap_in(tmp, d)
+        swap_in_dir(tmp, d)
         return d
 
     @classmethod
@@ -400,30 +406,6 @@ def _read_meta(d: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or "tags" not in meta or "config" not in meta:
         raise ValueError(f"{meta_path}: not a kexue tagger description (needs tags, config)")
     return meta
-
-
-def _swap_in(tmp: Path, d: Path) -> None:
-    """Rename the finished ``tmp`` to ``d``, moving ``d``'s other entries into it first."""
-    moved: list[str] = []
-    try:
-        if d.exists():
-            for entry in d.iterdir():
-                if not (tmp / entry.name).exists():
-                    os.rename(entry, tmp / entry.name)
-                    moved.append(entry.name)
-            old = Path(tempfile.mkdtemp(prefix=f".{d.name}.", suffix=".old", dir=d.parent))
-            os.rename(d, old / "previous")
-            os.rename(tmp, d)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, d)
-    except BaseException:
-        if d.is_dir():  # put the other entries back; the old model files are untouched
-            for name in moved:
-                if (tmp / name).exists():
-                    os.rename(tmp / name, d / name)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_tagger(directory: str | Path, device: str = "cpu") -> Tagger | BertTagger:

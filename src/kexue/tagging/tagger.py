@@ -32,7 +32,13 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from kexue.core.checks import check_positive_int
-from kexue.core.io import atomic_write_json, default_dir_mode, load_safetensors, save_safetensors
+from kexue.core.io import (
+    atomic_write_json,
+    default_dir_mode,
+    load_safetensors,
+    save_safetensors,
+    swap_in_dir,
+)
 from kexue.core.vocab import Vocab
 from kexue.tagging._common import reduce_loss
 from kexue.tagging.crf import CRF
@@ -356,29 +362,14 @@ class Tagger(nn.Module):
         meta = {"format": FORMAT, "vocab": self.vocab, "tags": self.tags}
         meta.update(config=self.config, extra=extra or {})
         tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", suffix=".tmp", dir=d.parent))
-        moved: list[str] = []
         try:
             save_safetensors(self.state_dict(), tmp / "model.safetensors")
             atomic_write_json(tmp / "tagger.json", meta)
             os.chmod(tmp, default_dir_mode())
-            if d.exists():
-                for entry in d.iterdir():
-                    if entry.name not in MODEL_FILES:
-                        os.rename(entry, tmp / entry.name)
-                        moved.append(entry.name)
-                old = Path(tempfile.mkdtemp(prefix=f".{d.name}.", suffix=".old", dir=d.parent))
-                os.rename(d, old / "previous")
-                os.rename(tmp, d)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, d)
         except BaseException:
-            if d.is_dir():  # put the other entries back; the old model files are untouched
-                for name in moved:
-                    if (tmp / name).exists():
-                        os.rename(tmp / name, d / name)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        swap_in_dir(tmp, d)
         return d
 
     @classmethod

@@ -15,7 +15,9 @@ def test_run_benchmark_and_table():
     assert len(rows) == 16 and not any(r["error"] for r in rows)  # 8 methods x 2 sizes
     assert all(r["fwd_s"] > 0 and r["fwd_bwd_s"] > 0 for r in rows)
     table = markdown_table(rows)
-    assert table.count("\n") == 17 and "| local(8) | 128 |" in table and "| fixed(16) | 64 |" in table
+    assert (
+        table.count("\n") == 17 and "| local(8) | 128 |" in table and "| fixed(16) | 64 |" in table
+    )
 
 
 def test_peak_memory_grows_for_dense_mask():

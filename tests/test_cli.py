@@ -54,7 +54,11 @@ def test_list_names_every_registered_experiment():
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
-    r = run(args[0], "--out", str(tmp_path), *args[1:]) if args[0] in ("reproduce", "report") else run(*args)
+    r = (
+        run(args[0], "--out", str(tmp_path), *args[1:])
+        if args[0] in ("reproduce", "report")
+        else run(*args)
+    )
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr

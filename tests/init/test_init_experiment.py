@@ -59,10 +59,7 @@ def test_library_does_not_import_matplotlib():
     import subprocess
     import sys
 
-    code = (
-        "import sys, kexue.init, kexue.init.studies; "
-        "sys.exit('matplotlib' in sys.modules)"
-    )
+    code = "import sys, kexue.init, kexue.init.studies; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
@@ -78,7 +75,9 @@ def test_config_fields_are_validated(tmp_path, override):
 def test_geometric_mean_and_spread_over_networks(tmp_path):
     from kexue.experiments.runner import parse_overrides, reproduce
 
-    res = reproduce("init-geometry", "smoke", tmp_path, parse_overrides(["nets=3", "depth=6"]), False)
+    res = reproduce(
+        "init-geometry", "smoke", tmp_path, parse_overrides(["nets=3", "depth=6"]), False
+    )
     m = res.metrics
     for key in ("norm_ratio_constant_relu_su_x2", "norm_ratio_constant_linear_su"):
         assert m[key + "_min"] < m[key] < m[key + "_max"]

@@ -11,10 +11,12 @@ umask 022), so reports and weights are readable like any other output.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +174,34 @@ def swap_in_dir(tmp: str | os.PathLike, directory: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return d
+
+
+@contextlib.contextmanager
+def staged_dir(directory: str | os.PathLike) -> Iterator[Path]:
+    """Write a directory's files into a fresh sibling, then swap it in atomically.
+
+    ``with staged_dir(d) as tmp:`` yields an empty temporary sibling of ``d``; when the block
+    ends without error ``tmp`` gets the default directory mode and replaces ``d`` through
+    :func:`swap_in_dir` (entries of the old ``d`` that ``tmp`` lacks are kept); on error ``tmp``
+    is removed and ``d`` is untouched.
+
+    Raises:
+        ValueError: ``directory`` exists and is not a directory.
+    """
+    import shutil
+
+    d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise ValueError(f"{d} exists and is not a directory")
+    d.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", suffix=".tmp", dir=d.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, default_dir_mode())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    swap_in_dir(tmp, d)
 
 
 def check_out_dir(out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> Path:

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,10 +46,9 @@ from torch import Tensor, nn
 from kexue.core.checks import check_positive_int
 from kexue.core.io import (
     atomic_write_json,
-    default_dir_mode,
     load_safetensors,
     save_safetensors,
-    swap_in_dir,
+    staged_dir,
 )
 from kexue.tagging.crf import CRF
 from kexue.tagging.memm import MEMM, BiMEMM
@@ -335,13 +332,9 @@ class BertTagger(nn.Module):
         over first, so a reader sees the old model or the new one, never a mix. Returns it.
         """
         d = Path(directory)
-        if d.exists() and not d.is_dir():
-            raise ValueError(f"{d} exists and is not a directory")
-        d.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": BERT_FORMAT, "tags": self.tags, "config": self.config}
         meta["extra"] = extra or {}
-        tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", suffix=".tmp", dir=d.parent))
-        try:
+        with staged_dir(d) as tmp:
             save_safetensors(self.state_dict(), tmp / "model.safetensors")
             self.bert.config.save_pretrained(str(tmp))
             self.tokenizer.save_pretrained(str(tmp))
@@ -349,11 +342,6 @@ class BertTagger(nn.Module):
                 pieces = sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
                 (tmp / "vocab.txt").write_text("".join(p + "\n" for p, _ in pieces), "utf-8")
             atomic_write_json(tmp / "tagger.json", meta)
-            os.chmod(tmp, default_dir_mode())
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        swap_in_dir(tmp, d)
         return d
 
     @classmethod

@@ -19,9 +19,6 @@ problem in one line naming the file.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,10 +31,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from kexue.core.checks import check_positive_int
 from kexue.core.io import (
     atomic_write_json,
-    default_dir_mode,
     load_safetensors,
     save_safetensors,
-    swap_in_dir,
+    staged_dir,
 )
 from kexue.core.vocab import Vocab
 from kexue.tagging._common import reduce_loss
@@ -355,22 +351,12 @@ class Tagger(nn.Module):
         ``directory``; other entries of an existing ``directory`` (e.g. training checkpoints) are
         moved over first. Returns the directory.
         """
-        d = Path(directory)
-        if d.exists() and not d.is_dir():
-            raise ValueError(f"{d} exists and is not a directory")
-        d.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "vocab": self.vocab, "tags": self.tags}
         meta.update(config=self.config, extra=extra or {})
-        tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", suffix=".tmp", dir=d.parent))
-        try:
+        with staged_dir(directory) as tmp:
             save_safetensors(self.state_dict(), tmp / "model.safetensors")
             atomic_write_json(tmp / "tagger.json", meta)
-            os.chmod(tmp, default_dir_mode())
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        swap_in_dir(tmp, d)
-        return d
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> Tagger:

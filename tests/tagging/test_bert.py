@@ -27,18 +27,9 @@ BMES = tag_set("BMES")
 
 
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
+def bert_dir(make_tiny_bert):
     """A tiny random BERT (2 layers, hidden 32) with a character tokenizer, as an HF directory."""
-    from transformers import BertForMaskedLM
-
-    from kexue.lm import build_tokenizer, save_pretrained, tiny_bert_config
-
-    d = tmp_path_factory.mktemp("tiny-bert")
-    tok = build_tokenizer([TEXT])
-    cfg = tiny_bert_config(len(tok), hidden_size=32, num_layers=2, num_heads=2, max_positions=64)
-    torch.manual_seed(0)
-    save_pretrained(BertForMaskedLM(cfg), tok, d)
-    return d
+    return make_tiny_bert(TEXT, hidden_size=32, num_layers=2)
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,8 @@ TEXT = "我爱北京天安门上太阳升伟大领袖指引我们向前进"
 
 
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    from transformers import BertForMaskedLM
-
-    from kexue.lm import build_tokenizer, save_pretrained, tiny_bert_config
-
-    d = tmp_path_factory.mktemp("tiny-bert")
-    tok = build_tokenizer([TEXT])
-    cfg = tiny_bert_config(len(tok), hidden_size=16, num_layers=1, num_heads=2, max_positions=64)
-    torch.manual_seed(0)
-    save_pretrained(BertForMaskedLM(cfg), tok, d)
-    return d
+def bert_dir(make_tiny_bert):
+    return make_tiny_bert(TEXT, hidden_size=16, num_layers=1)
 
 
 def test_bert_train_evaluate_predict_resume(bert_dir, tmp_path, capsys):

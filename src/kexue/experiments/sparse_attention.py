@@ -235,14 +235,11 @@ def _run(cfg: Config, out_dir: Path, progress: bool, resume: bool) -> Result:
         res.metric(f"test_bpc_{name}", r.test_bpc, f"test bits/char, {name}")
         res.metric(f"tokens_per_s_{name}", r.tokens_per_s, f"training tokens/s, {name}")
     v = len(corpus.vocab)
-    uni = res.metric(
-        "test_bpc_unigram",
-        ngram_bpc(corpus.train, corpus.test, v, 1),
-        "add-one unigram bpc on the test text",
-    )
-    big = res.metric(
-        "test_bpc_bigram", ngram_bpc(corpus.train, corpus.test, v, 2), "add-one bigram bpc"
-    )
+    uni, big = (
+        res.metric(f"test_bpc_{name}", ngram_bpc(corpus.train, corpus.test, v, order), label)
+        for order, name, label in ((1, "unigram", "add-one unigram bpc on the test text"),
+                                   (2, "bigram", "add-one bigram bpc"))
+    )  # fmt: skip
     res.metric("test_bpc_uniform", math.log2(v), "uniform bpc, log2(vocab size)")
 
     best = min(runs, key=lambda k: runs[k].test_bpc)

@@ -185,12 +185,9 @@ def _check_resumable(module: Any, out: Path, config: dict[str, Any]) -> None:
         stored = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable run config ({e}); pass --overwrite") from None
-    if stored != json.loads(json.dumps(config)):
-        diff = sorted(
-            k
-            for k in set(stored) | set(config)
-            if stored.get(k) != json.loads(json.dumps(config)).get(k)
-        )
+    want = json.loads(json.dumps(config))  # tuples -> lists, as stored
+    if stored != want:
+        diff = sorted(k for k in set(stored) | set(want) if stored.get(k) != want.get(k))
         raise ValueError(
             f"{path} was written with a different config ({', '.join(diff)}); resume needs the "
             "same scale and overrides, or pass --overwrite"

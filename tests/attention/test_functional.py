@@ -385,7 +385,7 @@ FUSED_CASES = [
 def test_fused_interior_tiles_equal_generic_path_and_dense(
     monkeypatch, kind, params, causal, padded
 ):
-    """n = 333: band tiles in the interior go through PyTorch's fused CPU kernel (key padding
+    """n = 333: band tiles in the interior go through the fused forward and the GEMM backward (key padding
     sends them back to the generic path); outputs and gradients equal the generic path and the
     dense reference."""
     from kexue.attention import _flash
@@ -408,8 +408,42 @@ def test_fused_interior_tiles_equal_generic_path_and_dense(
         torch.testing.assert_close(fused, dense, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("block", [4, 16])
+def test_interior_backward_strided_heads_and_lse_gradient(monkeypatch, block):
+    """The interior band backward (batched GEMMs into views of dk/dv) on q, k, v laid out
+    ``(b, n, h, e)`` and transposed (rows strided by h * e), with a gradient through the
+    log-normaliser too: equal to the generic tile path, and lse equal to a dense logsumexp."""
+    import math
+
+    from kexue.attention import _flash
+    from kexue.attention._parts import run_parts
+    from kexue.attention.functional import _all_heads, _local_part, _valid
+
+    g = torch.Generator().manual_seed(3)
+    b, n, h, e, w = 2, 150, 3, 8, 9
+    base = [torch.randn(b, n, h, e, generator=g, dtype=torch.float64) for _ in range(3)]
+    go, gl = torch.randn(b, h, n, e, generator=g), torch.randn(b, h, n, generator=g)
+    runs = []
+    for fused in (True, False):
+        monkeypatch.setattr(_flash, "USE_FUSED", fused)
+        leaves = [x.clone().requires_grad_(True) for x in base]
+        q, k, v = (x.transpose(1, 2) for x in leaves)
+        assert not q.is_contiguous()
+        part = _local_part(q, w, False, _valid(None, b, n, q.device), _all_heads(q), block)
+        out, lse = run_parts([part], q, k, v, e**-0.5)
+        ((out * go.double()).sum() + (lse * gl.double()).sum()).backward()
+        runs.append((out, lse, *(x.grad for x in leaves)))
+    for a, c in zip(*runs, strict=True):
+        torch.testing.assert_close(a, c, atol=1e-12, rtol=0)
+    q, k = (x.transpose(1, 2) for x in base[:2])
+    s = q @ k.transpose(-1, -2) * e**-0.5
+    i = torch.arange(n)
+    s = s.masked_fill((i[:, None] - i[None, :]).abs() > w, -math.inf)
+    torch.testing.assert_close(runs[0][1], torch.logsumexp(s, -1), atol=1e-12, rtol=0)
+
+
 def test_gradcheck_float64_fused_tiles():
-    """The fused forward and backward (interior tiles at n = 100, window 3, block 32)."""
+    """The interior forward and backward (n = 100, window 3, block 32)."""
     q, k, v, _, _ = _inputs(1, 2, 100, 3, torch.float64)
     assert torch.autograd.gradcheck(
         lambda a, b, c: attention(a, b, c, "local", window=3), (q, k, v), fast_mode=True

@@ -1,19 +1,20 @@
-r"""Band tiles through PyTorch's fused CPU flash-attention kernel (no copy of the keys).
+r"""Interior band tiles: PyTorch's fused CPU flash-attention forward, a batched-GEMM backward.
 
 For the band layout of :mod:`._tiles` (query block ``c`` sees key blocks ``c - L .. c + R``), the
 interior tiles ``L <= c < C - R`` need no padding, and their key tiles are an overlapping
-``unfold`` view of the key sequence: shape ``(h, c, T, e)``, strides ``(., B e, e, 1)``. The CPU
-kernel ``aten::_scaled_dot_product_flash_attention_for_cpu`` reads its inputs through their
-strides, so it takes these views as a batch of ``h`` "batches" x ``c`` "heads" of length ``B``
-(queries) and ``T`` (keys), with the tile's static mask as an additive ``(1, 1, B, T)`` bias, and
-returns the output and the log-normaliser :math:`\ell` the union softmax needs. Its backward takes
-the union's ``out`` and :math:`\ell` (the same :math:`dS = P \odot (dP - D)` as
-:func:`._tiles.backward_acc`) and returns per-tile key gradients ``(h, c, T, e)``, which are
-folded back block by block.
+``unfold`` view of the key sequence: shape ``(h, c, T, e)``, strides ``(., B e, e, 1)``.
 
-Used when it applies: CPU, float32/float64, value size = key size, no key padding, every tile row has an allowed key,
-no attention dropout, no gradient through :math:`\ell`. Vectorised exp and one parallel region
-per call (it also uses every thread it is given). Border tiles keep the generic path.
+* **Forward.** The CPU kernel ``aten::_scaled_dot_product_flash_attention_for_cpu`` reads its
+  inputs through their strides, so it takes these views as a batch of ``h`` "batches" x ``c``
+  "heads" of length ``B`` (queries) and ``T`` (keys), with the tile's static mask as an additive
+  ``(1, 1, B, T)`` bias, and returns the output and the log-normaliser :math:`\ell` the union
+  softmax needs.
+* **Backward** (:func:`backward`): strided ``baddbmm_`` on the same views, accumulating straight
+  into ``dq``/``dk``/``dv``. PyTorch's fused backward was 1.6x slower here: it returns zero-filled
+  per-tile key gradients ``(h, c, T, e)`` (``T / B`` times the rows) that had to be folded back.
+
+Used when it applies: CPU, float32/float64, value size = key size, no key padding, every tile
+row has an allowed key, no attention dropout. Border tiles keep the generic path.
 """
 
 from __future__ import annotations
@@ -22,13 +23,10 @@ import math
 
 import torch
 
-# Elements of one call's output (forward: h * c * B * e, 2 MiB in float32; the key tiles are never
-# copied) or of its key gradient (backward: h * c * T * e, 512 KiB: the kernel returns key grads
-# per tile, T / B times the rows). Larger backward chunks ran faster (fewer calls) but put
-# local(64)'s fwd+bwd peak at n = 4096 level with SDPA full's; this size keeps a margin (the
-# table of benchmarks/attention.py shows both).
+# Forward: elements of one fused call's output (h * c * B * e, 2 MiB in float32; the key tiles are
+# never copied). Backward: elements of each of its two reused score buffers (c * B * T, 2 MiB).
 FORWARD_ELEMENTS = 1 << 19
-BACKWARD_ELEMENTS = 1 << 17
+BACKWARD_ELEMENTS = 1 << 19
 USE_FUSED = True  # False: every tile takes the generic path of ._tiles (tests compare the two)
 _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -93,24 +91,59 @@ def forward(plan, q, k, v, scale: float, out, lse, c0: int, c1: int) -> None:
             lse[bi, :, rows].copy_(lo.flatten(1, 2))
 
 
-def backward(plan, q, k, v, out, lse, dout, scale: float, dq, dk, dv, c0: int, c1: int) -> None:
-    """Add the gradients of blocks ``c0..c1`` into ``dq, dk, dv`` (``lse`` of the union)."""
-    bias, blk = _bias(plan, q.dtype), plan.block
+def backward(
+    plan, q, k, v, out, lse, dout, dlse, scale: float, dq, dk, dv, c0: int, c1: int
+) -> None:
+    r"""Add the gradients of query blocks ``c0..c1`` into ``dq, dk, dv`` (``out``/``lse`` of the
+    union; ``dlse`` may be None).
+
+    Strided batched GEMMs on the overlapping key-tile views, per head and chunk of blocks, into
+    two reused score buffers (flash-attention backward, :math:`dS = P \odot (dP - D + d\ell)`):
+
+    .. math::
+
+        P = e^{\alpha Q_c K_c^\top + \log M - \ell},\quad dP = dO_c V_c^\top,\quad
+        dQ_c \mathrel{+}= \alpha\, dS K_c,\quad
+        dV_{c+s} \mathrel{+}= P_{:,s}^\top dO_c,\quad dK_{c+s} \mathrel{+}= \alpha\, dS_{:,s}^\top Q_c,
+
+    with :math:`P_{:,s}` the ``B`` columns of key block ``c + s - L``. For one ``s`` the blocks
+    ``c + s - L`` of a chunk are distinct, so each of those products accumulates straight into a
+    ``(c, B, e)`` view of ``dK``/``dV`` (``baddbmm_``): no per-tile key gradients to fold back
+    (PyTorch's fused backward returns ``T / B`` times the rows, zero-filled, which cost more than
+    its arithmetic here).
+    """
+    blk, tk, n_s = plan.block, plan.tile_keys, plan.left + plan.right + 1
+    per = max(1, min(c1 - c0, BACKWARD_ELEMENTS // (blk * tk)))
+    bias = _bias(plan, q.dtype)
+    bias = q.new_zeros(blk, tk) if bias is None else bias[0, 0]
+    p_buf, dp_buf = q.new_empty(per, blk, tk), q.new_empty(per, blk, tk)
+    d_buf = q.new_empty(per, blk, 1)
+    e, ev = q.shape[-1], v.shape[-1]
     for bi in range(q.shape[0]):
-        steps = _steps(plan, q.shape[1], q.shape[-1], c0, c1, plan.tile_keys, BACKWARD_ELEMENTS)
-        for a, z in steps:
-            qv = _q_view(plan, q[bi], a, z)
-            gq, gk, gv = _BWD(
-                _q_view(plan, dout[bi], a, z), qv, _k_view(plan, k[bi], a, z),
-                _k_view(plan, v[bi], a, z), _q_view(plan, out[bi], a, z),
-                _q_view(plan, lse[bi][..., None], a, z)[..., 0].contiguous(), 0.0, False,
-                attn_mask=bias, scale=scale,
-            )  # fmt: skip
-            dq[bi, :, a * blk : z * blk].add_(gq.flatten(1, 2))
-            for s in range(plan.left + plan.right + 1):  # fold tile key grads back per block
-                lo = (a + s - plan.left) * blk
-                rows = slice(lo, lo + (z - a) * blk)
-                dk[bi, :, rows].view(gq.shape).add_(gk[:, :, s * blk : (s + 1) * blk])
-                dv[bi, :, rows].view(gq.shape[:-1] + gv.shape[-1:]).add_(
-                    gv[:, :, s * blk : (s + 1) * blk]
-                )
+        for hi in range(q.shape[1]):
+            qh, kh, vh, do_h = q[bi, hi], k[bi, hi], v[bi, hi], dout[bi, hi]
+            for a in range(c0, c1, per):
+                z = min(a + per, c1)
+                c, rows = z - a, slice(a * blk, z * blk)
+                keys = slice((a - plan.left) * blk, (z + plan.right) * blk)
+                qc, do = qh[rows].view(c, blk, e), do_h[rows].view(c, blk, ev)
+                kt = kh[keys].unfold(0, tk, blk)  # (c, e, T): K_c^T per tile, a view
+                vt = vh[keys].unfold(0, tk, blk)
+                p, dp, d = p_buf[:c], dp_buf[:c], d_buf[:c]
+                torch.sub(bias, lse[bi, hi, rows].view(c, blk, 1), out=p)  # log M - l
+                p.baddbmm_(qc, kt, alpha=scale).exp_()  # P
+                torch.sum(do * out[bi, hi, rows].view(c, blk, ev), -1, keepdim=True, out=d)
+                if dlse is not None:
+                    d.sub_(dlse[bi, hi, rows].view(c, blk, 1))  # D - dl
+                for s in range(n_s):  # dV of key block a + s - L .. z + s - L
+                    lo = (a + s - plan.left) * blk
+                    dv[bi, hi, lo : lo + c * blk].view(c, blk, ev).baddbmm_(
+                        p[:, :, s * blk : (s + 1) * blk].transpose(1, 2), do
+                    )
+                torch.baddbmm(d.neg_(), do, vt, out=dp).mul_(p)  # dS (alpha comes below)
+                dq[bi, hi, rows].view(c, blk, e).baddbmm_(dp, kt.transpose(1, 2), alpha=scale)
+                for s in range(n_s):
+                    lo = (a + s - plan.left) * blk
+                    dk[bi, hi, lo : lo + c * blk].view(c, blk, e).baddbmm_(
+                        dp[:, :, s * blk : (s + 1) * blk].transpose(1, 2), qc, alpha=scale
+                    )

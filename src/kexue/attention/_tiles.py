@@ -89,7 +89,7 @@ class TilePlan:
     ) -> list[tuple[int, int, int, int]]:
         """``(h0, h1, c0, c1)`` ranges of heads and query blocks processed together, so that one
         chunk of scores holds about :data:`CHUNK_ELEMENTS` numbers (cache-sized, bounded memory);
-        query blocks ``skip[0] .. skip[1]`` are left out (done by the fused kernel)."""
+        query blocks ``skip[0] .. skip[1]`` are left out (done by the interior path of ._flash)."""
         segs = [(0, self.tiles)] if skip is None else [(0, skip[0]), (skip[1], self.tiles)]
         out = []
         for a, z in segs:
@@ -255,9 +255,9 @@ def backward_acc(plan: TilePlan, q, k, v, out, lse, dout, dlse, scale: float, dq
     heads (views are fine: gradients are added in place).
     """
     b, h = q.shape[:2]
-    skip = _flash.interior(plan, q, k, v) if dlse is None else None
-    if skip is not None:  # interior band tiles: PyTorch's fused CPU kernel
-        _flash.backward(plan, q, k, v, out, lse, dout, scale, dq, dk, dv, *skip)
+    skip = _flash.interior(plan, q, k, v)
+    if skip is not None:  # interior band tiles: batched GEMMs straight into dk/dv views
+        _flash.backward(plan, q, k, v, out, lse, dout, dlse, scale, dq, dk, dv, *skip)
     for h0, h1, c0, c1 in plan.chunks(b, h, skip):
         pl, hs = plan.heads(h0, h1), slice(h0, h1)
         qs = pl.q_tile(q[:, hs], c0, c1) * scale  # alpha Q

@@ -377,6 +377,9 @@ FUSED_CASES = [
     ("sparse", {"rate": 4}, False),
     ("sparse", {"rate": 8, "window": 20}, True),
     ("strided", {"stride": 40}, True),
+    ("atrous", {"rate": 3}, False),  # 333 = 3 * 111: the classes are strided views
+    ("atrous", {"rate": 9}, True),
+    ("sparse", {"rate": 9, "window": 12}, False),
 ]
 
 
@@ -385,14 +388,15 @@ FUSED_CASES = [
 def test_fused_interior_tiles_equal_generic_path_and_dense(
     monkeypatch, kind, params, causal, padded
 ):
-    """n = 333: band tiles in the interior go through the fused forward and the GEMM backward (key padding
-    sends them back to the generic path); outputs and gradients equal the generic path and the
-    dense reference."""
+    """n = 333: band tiles in the interior go through the fused forward and the GEMM backward,
+    atrous classes (rate | n) through the fused kernel both ways (key padding sends both back to
+    the generic path); outputs and gradients equal the generic path and the dense reference."""
     from kexue.attention import _flash
 
     calls = []
-    real = _flash.forward
-    monkeypatch.setattr(_flash, "forward", lambda *a: calls.append(1) or real(*a))
+    for name in ("forward", "class_forward"):
+        real = getattr(_flash, name)
+        monkeypatch.setattr(_flash, name, lambda *a, real=real: calls.append(1) or real(*a))
     q, k, v, kpm, g = _inputs(2, 2, 333, 8, torch.float64, [333, 200] if padded else None)
     kw = dict(causal=causal, key_padding_mask=kpm, **params)
     runs = []
@@ -442,12 +446,19 @@ def test_interior_backward_strided_heads_and_lse_gradient(monkeypatch, block):
     torch.testing.assert_close(runs[0][1], torch.logsumexp(s, -1), atol=1e-12, rtol=0)
 
 
-def test_gradcheck_float64_fused_tiles():
-    """The interior forward and backward (n = 100, window 3, block 32)."""
+@pytest.mark.parametrize(
+    "kind,params", [("local", {"window": 3}), ("atrous", {"rate": 4}), ("atrous", {"rate": 5})]
+)
+def test_gradcheck_float64_fused_tiles(kind, params):
+    """The interior band forward and backward (n = 100, window 3, block 32) and the fused
+    atrous classes (rate 4 and 5 divide n = 100)."""
     q, k, v, _, _ = _inputs(1, 2, 100, 3, torch.float64)
-    assert torch.autograd.gradcheck(
-        lambda a, b, c: attention(a, b, c, "local", window=3), (q, k, v), fast_mode=True
-    )
+    for causal in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda a, b, c: attention(a, b, c, kind, causal=causal, **params),
+            (q, k, v),
+            fast_mode=True,
+        )
 
 
 def test_kernels_pinned_to_one_thread_and_restored(monkeypatch):

@@ -147,3 +147,64 @@ def backward(
                     dk[bi, hi, lo : lo + c * blk].view(c, blk, e).baddbmm_(
                         dp[:, :, s * blk : (s + 1) * blk].transpose(1, 2), qc, alpha=scale
                     )
+
+
+# --- atrous residue classes --------------------------------------------------------------------
+def classes(part, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dlse=None) -> bool:
+    """Whether atrous ``part`` (a :class:`._parts.ClassPart`) can run on the fused kernel: as
+    for band tiles, plus ``n`` a multiple of the rate (every class has ``m = n / r`` real rows,
+    so the classes are a strided view, no gather) and no gradient through :math:`\\ell`."""
+    return (
+        USE_FUSED
+        and dlse is None
+        and q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.float64)
+        and v.shape[-1] == q.shape[-1]
+        and all(x.stride(-1) == 1 for x in (q, k, v))
+        and part.n % part.rate == 0
+        and bool(part.key_valid.all())
+    )
+
+
+def _class_view(part, x: torch.Tensor, bi: int, heads: bool = True) -> torch.Tensor:
+    """``x (b, H, n, *)`` -> ``(hp, r, m, *)`` view of batch ``bi``: class ``c`` row ``i`` is
+    position ``i r + c`` (strides ``(., e, r e, 1)``)."""
+    x = x[bi, part.h0 : part.h1] if heads else x[bi]
+    return x.unflatten(1, (part.n // part.rate, part.rate)).transpose(1, 2)
+
+
+def _class_steps(part, e: int) -> list[tuple[int, int]]:
+    per = max(1, FORWARD_ELEMENTS // max(1, (part.h1 - part.h0) * part.n // part.rate * e))
+    return [(g0, min(g0 + per, part.rate)) for g0 in range(0, part.rate, per)]
+
+
+def class_forward(part, q, k, v, scale: float, out, lse) -> None:
+    """Fill ``out (b, hp, n, e)`` and ``lse (b, hp, n)`` (the part's heads): full (causal)
+    attention inside each residue class, a few classes per call."""
+    for bi in range(q.shape[0]):
+        qv, kv, vv = (_class_view(part, x, bi) for x in (q, k, v))
+        ov, lv = _class_view(part, out, bi, False), _class_view(part, lse[..., None], bi, False)
+        for g0, g1 in _class_steps(part, q.shape[-1]):
+            o, lo = _FWD(
+                qv[:, g0:g1], kv[:, g0:g1], vv[:, g0:g1], is_causal=part.causal, scale=scale
+            )
+            ov[:, g0:g1].copy_(o)
+            lv[:, g0:g1, :, 0].copy_(lo)
+
+
+def class_backward(part, q, k, v, out, lse, dout, scale: float, dq, dk, dv) -> None:
+    """Add the part's gradient share into ``dq, dk, dv`` (all heads; ``out``/``lse`` of the
+    union, so :math:`P = e^{S - \\ell}` is the union's probability on the class keys)."""
+    for bi in range(q.shape[0]):
+        views = [_class_view(part, x, bi) for x in (q, k, v, out, dout, dq, dk, dv)]
+        qv, kv, vv, ov, dov, dqv, dkv, dvv = views
+        lv = _class_view(part, lse[..., None], bi)[..., 0]
+        for g0, g1 in _class_steps(part, q.shape[-1]):
+            g = slice(g0, g1)
+            gq, gk, gv = _BWD(
+                dov[:, g], qv[:, g], kv[:, g], vv[:, g], ov[:, g], lv[:, g].contiguous(),
+                0.0, part.causal, scale=scale,
+            )  # fmt: skip
+            dqv[:, g].add_(gq)
+            dkv[:, g].add_(gk)
+            dvv[:, g].add_(gv)

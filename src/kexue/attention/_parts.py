@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kexue.attention import _flash
 from kexue.attention._tiles import (
     TilePlan,
     backward_acc,
@@ -200,6 +201,9 @@ class ClassPart:
         b, hp = q.shape[0], self.h1 - self.h0
         out = q.new_empty(b, hp, self.n, v.shape[-1]) if out is None else out
         lse = q.new_empty(b, hp, self.n) if lse is None else lse
+        if _flash.classes(self, q, k, v):  # n a multiple of r: strided views, fused kernel
+            _flash.class_forward(self, q, k, v, scale, out, lse)
+            return out, lse
         for g0, g1 in self._chunks(b, q.shape[-1]):
             plan = self._plan(b, g0, g1, self._ok(g0, g1))
             qc, kc, vc = (self._gather(x, g0, g1) for x in (q, k, v))
@@ -211,6 +215,9 @@ class ClassPart:
     def backward(self, q, k, v, out, lse, dout, dlse, scale, dq, dk, dv) -> None:
         """Padding entries are zero in every gathered chunk (``dout`` too), so they add nothing."""
         b, hs = q.shape[0], slice(self.h0, self.h1)
+        if _flash.classes(self, q, k, v, dlse):
+            _flash.class_backward(self, q, k, v, out, lse, dout, scale, dq, dk, dv)
+            return
         for g0, g1 in self._chunks(b, q.shape[-1]):
             plan = self._plan(b, g0, g1, self._ok(g0, g1))
             qc, kc, vc = (self._gather(x, g0, g1) for x in (q, k, v))

@@ -102,7 +102,7 @@ def backward(
 
     .. math::
 
-        P = e^{\alpha Q_c K_c^\top + \log M - \ell},\quad dP = dO_c V_c^\top,\quad
+        P = e^{\alpha Q_c K_c^\top - \ell} \odot M,\quad dP = dO_c V_c^\top,\quad
         dQ_c \mathrel{+}= \alpha\, dS K_c,\quad
         dV_{c+s} \mathrel{+}= P_{:,s}^\top dO_c,\quad dK_{c+s} \mathrel{+}= \alpha\, dS_{:,s}^\top Q_c,
 
@@ -114,10 +114,9 @@ def backward(
     """
     blk, tk, n_s = plan.block, plan.tile_keys, plan.left + plan.right + 1
     per = max(1, min(c1 - c0, BACKWARD_ELEMENTS // (blk * tk)))
-    bias = _bias(plan, q.dtype)
-    bias = q.new_zeros(blk, tk) if bias is None else bias[0, 0]
+    keep = None if plan.static_ok is None else plan.static_ok.to(q.dtype)  # (B, T) 0/1
     p_buf, dp_buf = q.new_empty(per, blk, tk), q.new_empty(per, blk, tk)
-    d_buf = q.new_empty(per, blk, 1)
+    d_buf, nl_buf = q.new_empty(per, blk, 1), q.new_empty(per, blk, 1)
     e, ev = q.shape[-1], v.shape[-1]
     for bi in range(q.shape[0]):
         for hi in range(q.shape[1]):
@@ -130,8 +129,14 @@ def backward(
                 kt = kh[keys].unfold(0, tk, blk)  # (c, e, T): K_c^T per tile, a view
                 vt = vh[keys].unfold(0, tk, blk)
                 p, dp, d = p_buf[:c], dp_buf[:c], d_buf[:c]
-                torch.sub(bias, lse[bi, hi, rows].view(c, blk, 1), out=p)  # log M - l
-                p.baddbmm_(qc, kt, alpha=scale).exp_()  # P
+                nl = torch.neg(lse[bi, hi, rows].view(c, blk, 1), out=nl_buf[:c])
+                torch.baddbmm(nl, qc, kt, alpha=scale, out=p)  # S - l
+                # P = e^(S - l) M. Masking after exp, not with -inf before: exp of -inf (or of
+                # anything below about -87) takes a slow path (3-70x); allowed S - l <= 0, and
+                # e^-80 ~ 1e-35 is as good as 0, so clamping keeps every argument fast.
+                p.clamp_(min=-80.0, max=0.0).exp_()
+                if keep is not None:
+                    p.mul_(keep)
                 torch.sum(do * out[bi, hi, rows].view(c, blk, ev), -1, keepdim=True, out=d)
                 if dlse is not None:
                     d.sub_(dlse[bi, hi, rows].view(c, blk, 1))  # D - dl

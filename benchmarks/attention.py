@@ -7,7 +7,11 @@ FlexAttention with a sliding-window block mask (forward only: no CPU backward) w
 Then the issue's targets at the largest n are checked and printed. Not a test.
 
     .venv/bin/python benchmarks/attention.py [--sizes 1024 2048 4096 8192 16384] [--threads 2]
-        [--no-flex] [--flex-sizes 16384] [--no-memory] [--kernel-threads 1]
+        [--no-flex] [--flex-sizes 16384] [--no-memory] [--kernel-threads 1] [--heap-reuse]
+
+``--heap-reuse`` times with glibc's heap serving every allocation (``kexue.core.timing.heap_reuse``,
+like running under ``MALLOC_MMAP_MAX_=0``): with the defaults every tensor of 32 MiB or more (at
+n = 16384: the output and the three gradients) is fresh memory, page-faulted on every call.
 
 Memory method: see kexue.attention.bench (resident-set peak during one fwd+bwd, glibc mmap
 threshold lowered so freed tensors return to the OS).
@@ -31,6 +35,7 @@ from kexue.attention.bench import (
     run_benchmark,
     time_method,
 )
+from kexue.core.timing import heap_reuse
 
 
 def _get(rows, method, n, key="fwd_bwd_s"):
@@ -99,7 +104,13 @@ def main() -> None:
         "--kernel-threads", type=int, default=0,
         help="cap on the threads inside kexue's attention kernels (0: torch's setting)",
     )  # fmt: skip
+    p.add_argument(
+        "--heap-reuse", action="store_true",
+        help="glibc serves every allocation from its heap during the timings (no mmap)",
+    )  # fmt: skip
     args = p.parse_args()
+    if args.heap_reuse and not heap_reuse(True):
+        raise SystemExit("--heap-reuse needs glibc")
     torch.set_num_threads(args.threads)
     set_kernel_threads(args.kernel_threads or None)
     t0 = time.time()
@@ -116,6 +127,7 @@ def main() -> None:
     if not args.no_memory:  # second phase (changes malloc settings): every method, same inputs
         from kexue.attention.bench import peak_extra_mib
 
+        heap_reuse(False)  # freed blocks must go back to the OS for resident-set peaks
         methods = {m.name: m for m in default_methods()}
         for r in rows:
             m = methods.get(r["method"])
@@ -127,6 +139,7 @@ def main() -> None:
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, load avg {load:.1f}, "
         f"b=1 h=8 e=64 fp32, total {time.time() - t0:.0f} s"
+        + (", timings with --heap-reuse (no mmap)" if args.heap_reuse else "")
     )
     print(markdown_table(rows))
     n = max(args.sizes)

@@ -8,6 +8,9 @@ r"""One timing and peak-memory helper for every benchmark and experiment.
   glibc's mmap threshold lowered to 64 KiB (and ``malloc_trim``) so freed tensors go back to the
   OS instead of hiding in the heap. ``None`` where ``/proc`` or glibc is unavailable. On CUDA
   tensors use :func:`cuda_peak_extra_mib` (``torch.cuda.max_memory_allocated``).
+* :func:`heap_reuse`: glibc serves every allocation from its heap (no ``mmap``), so tensors of
+  32 MiB and more are reused instead of page-faulted afresh on every call (what the environment
+  variable ``MALLOC_MMAP_MAX_=0`` does for a whole process).
 * :func:`ratio_text`: speed-ups in honest words ("3.6x slower", never "0.3x faster").
 """
 
@@ -105,6 +108,21 @@ def _libc() -> Any:
         return ctypes.CDLL("libc.so.6")
     except OSError:
         return None
+
+
+def heap_reuse(on: bool) -> bool:
+    """``on``: glibc never ``mmap``s (``mallopt(M_MMAP_MAX, 0)``, no heap trimming), so freed
+    large blocks are reused; off: glibc's defaults. glibc's largest mmap threshold is 32 MiB, so
+    by default every tensor of 32 MiB or more is fresh memory, page-faulted on first touch (about
+    1 us per 4 KiB page: ~7 ms per 32 MiB). Off restores glibc's default limits; what the heap
+    grew to meanwhile stays and keeps serving. Returns False where glibc is unavailable.
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    ok = libc.mallopt(-4, 0 if on else 65536)  # M_MMAP_MAX (glibc's default: 65536)
+    ok &= libc.mallopt(-1, 2**31 - 1 if on else 128 * 1024)  # M_TRIM_THRESHOLD
+    return bool(ok)
 
 
 def _status(field: str) -> int:

@@ -12,6 +12,7 @@ Then the issue's targets at the largest n are checked and printed. Not a test.
 ``--heap-reuse`` times with glibc's heap serving every allocation (``kexue.core.timing.heap_reuse``,
 like running under ``MALLOC_MMAP_MAX_=0``): with the defaults every tensor of 32 MiB or more (at
 n = 16384: the output and the three gradients) is fresh memory, page-faulted on every call.
+It implies ``--no-memory`` (resident-set peaks need freed memory back at the OS).
 
 Memory method: see kexue.attention.bench (resident-set peak during one fwd+bwd, glibc mmap
 threshold lowered so freed tensors return to the OS).
@@ -109,8 +110,10 @@ def main() -> None:
         help="glibc serves every allocation from its heap during the timings (no mmap)",
     )  # fmt: skip
     args = p.parse_args()
-    if args.heap_reuse and not heap_reuse(True):
-        raise SystemExit("--heap-reuse needs glibc")
+    if args.heap_reuse:  # peaks need freed memory back at the OS: they come from a default run
+        args.no_memory = True
+        if not heap_reuse(True):
+            raise SystemExit("--heap-reuse needs glibc")
     torch.set_num_threads(args.threads)
     set_kernel_threads(args.kernel_threads or None)
     t0 = time.time()
@@ -127,7 +130,6 @@ def main() -> None:
     if not args.no_memory:  # second phase (changes malloc settings): every method, same inputs
         from kexue.attention.bench import peak_extra_mib
 
-        heap_reuse(False)  # freed blocks must go back to the OS for resident-set peaks
         methods = {m.name: m for m in default_methods()}
         for r in rows:
             m = methods.get(r["method"])

@@ -12,9 +12,11 @@ part's probabilities are :math:`P = e^{S - \ell}` and :math:`dS = P \odot (dP - 
 :math:`D = \mathrm{rowsum}(dO \odot O)`, the same formula for every part. So the autograd
 function saves only ``q, k, v, out, lse`` and each part recomputes its scores in backward.
 
-Atrous residue classes are gathered a few classes at a time (a strided view of the positions
-``i r + c`` copied to rows: one chunk), never as a reshaped copy of the whole of ``q, k, v``: the extra memory of every pattern
-is ``out``, the gradients and a few chunks.
+Atrous residue classes are a strided view of the positions ``i r + c``. When the rate divides
+``n`` (and there is no key padding), PyTorch's fused CPU kernel reads that view directly
+(:func:`._flash.class_forward`). Otherwise they are gathered a few classes at a time, copied to
+rows one chunk at a time. Neither path makes a reshaped copy of the whole of ``q, k, v``, so the
+extra memory of every pattern is ``out``, the gradients and a few chunks.
 """
 
 from __future__ import annotations

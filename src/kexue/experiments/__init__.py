@@ -85,7 +85,7 @@ register(
         article="Keras实现两个优化器：Lookahead和LazyOptimizer “Two optimizers in Keras: Lookahead and LazyOptimizer” (2019-07-30)",
         part="kexue.optim",
         summary="Lookahead(Adam) vs Adam vs SGD on MNIST; Lazy(Adam) vs Adam on an embedding-heavy model",
-        full_time="~3.5 h on a shared machine (estimate from a niced partial run: the 9 MNIST runs took ~1.5 min, then each of the 9 text runs of 15 epochs ~23 min, dense Adam over the whole embedding table every step)",
+        full_time="measured once: 2055 s (34 min), niced on an otherwise idle 2-core machine",
     )
 )
 

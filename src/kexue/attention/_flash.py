@@ -26,6 +26,9 @@ import torch
 # Forward: elements of one fused call's output (h * c * B * e, 2 MiB in float32; the key tiles are
 # never copied). Backward: elements of each of its two reused score buffers (c * B * T, 2 MiB).
 FORWARD_ELEMENTS = 1 << 19
+# Atrous classes: elements of one call's q rows (h * g * m * e). Its backward allocates three
+# gradients of that size (zero-filled), so this sets the temporary memory of the class path.
+CLASS_ELEMENTS = 1 << 17
 BACKWARD_ELEMENTS = 1 << 19
 USE_FUSED = True  # False: every tile takes the generic path of ._tiles (tests compare the two)
 _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -179,7 +182,7 @@ def _class_view(part, x: torch.Tensor, bi: int, heads: bool = True) -> torch.Ten
 
 
 def _class_steps(part, e: int) -> list[tuple[int, int]]:
-    per = max(1, FORWARD_ELEMENTS // max(1, (part.h1 - part.h0) * part.n // part.rate * e))
+    per = max(1, CLASS_ELEMENTS // max(1, (part.h1 - part.h0) * part.n // part.rate * e))
     return [(g0, min(g0 + per, part.rate)) for g0 in range(0, part.rate, per)]
 
 

@@ -75,8 +75,8 @@ def _k_view(plan, x: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
     return span.unfold(1, plan.tile_keys, plan.block).transpose(-1, -2)
 
 
-def _steps(plan, h: int, e: int, c0: int, c1: int, rows: int, elements: int):
-    per = max(1, elements // max(1, h * rows * e))
+def _steps(plan, h: int, e: int, c0: int, c1: int):
+    per = max(1, FORWARD_ELEMENTS // max(1, h * plan.block * e))
     return [(a, min(a + per, c1)) for a in range(c0, c1, per)]
 
 
@@ -84,7 +84,7 @@ def forward(plan, q, k, v, scale: float, out, lse, c0: int, c1: int) -> None:
     """Fill rows of blocks ``c0..c1`` of ``out (b, h, n, e_v)`` and ``lse (b, h, n)``."""
     bias = _bias(plan, q.dtype)
     for bi in range(q.shape[0]):
-        for a, z in _steps(plan, q.shape[1], q.shape[-1], c0, c1, plan.block, FORWARD_ELEMENTS):
+        for a, z in _steps(plan, q.shape[1], q.shape[-1], c0, c1):
             o, lo = _FWD(
                 _q_view(plan, q[bi], a, z), _k_view(plan, k[bi], a, z), _k_view(plan, v[bi], a, z),
                 attn_mask=bias, scale=scale,

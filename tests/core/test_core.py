@@ -127,7 +127,10 @@ print(fresh, reused)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and getrusage faults")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="heap_reuse is glibc's mallopt and the check counts page faults: Linux only",
+)
 def test_heap_reuse_stops_page_faults_on_large_tensors():
     """With heap_reuse(True) freed 40 MiB tensors' memory serves the next one (almost no page
     faults); glibc's defaults mmap it afresh (one fault per 4 KiB page). In a fresh interpreter:

@@ -35,17 +35,21 @@ _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
+def _kernel_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """The fused CPU kernel's needs: CPU, float32/64, one head size, contiguous rows."""
+    return (
+        USE_FUSED
+        and q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.float64)
+        and v.shape[-1] == q.shape[-1]
+        and all(x.stride(-1) == 1 for x in (q, k, v))
+    )
+
+
 def interior(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int] | None:
     """Tile range ``(c0, c1)`` the fused kernel can take for ``plan`` on ``q, k, v``, or None."""
-    if (
-        not USE_FUSED
-        or plan.full
-        or q.device.type != "cpu"
-        or q.dtype not in (torch.float32, torch.float64)
-    ):
+    if plan.full or not _kernel_takes(q, k, v):
         return None
-    if v.shape[-1] != q.shape[-1] or any(x.stride(-1) != 1 for x in (q, k, v)):
-        return None  # the kernel needs one head size and contiguous rows
     if plan.static_ok is not None and not bool(plan.static_ok.any(-1).all()):
         return None  # a row without keys: the fused kernel would give NaN
     c0 = plan.left
@@ -163,12 +167,8 @@ def classes(part, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dlse=None) 
     for band tiles, plus ``n`` a multiple of the rate (every class has ``m = n / r`` real rows,
     so the classes are a strided view, no gather) and no gradient through :math:`\\ell`."""
     return (
-        USE_FUSED
-        and dlse is None
-        and q.device.type == "cpu"
-        and q.dtype in (torch.float32, torch.float64)
-        and v.shape[-1] == q.shape[-1]
-        and all(x.stride(-1) == 1 for x in (q, k, v))
+        dlse is None
+        and _kernel_takes(q, k, v)
         and part.n % part.rate == 0
         and bool(part.key_valid.all())
     )

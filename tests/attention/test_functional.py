@@ -455,7 +455,7 @@ def test_gradcheck_float64_fused_tiles(kind, params):
     q, k, v, _, _ = _inputs(1, 2, 100, 3, torch.float64)
     for causal in (False, True):
         assert torch.autograd.gradcheck(
-            lambda a, b, c: attention(a, b, c, kind, causal=causal, **params),
+            lambda a, b, c, causal=causal: attention(a, b, c, kind, causal=causal, **params),
             (q, k, v),
             fast_mode=True,
         )
@@ -490,3 +490,28 @@ def test_kernels_pinned_to_one_thread_and_restored(monkeypatch):
         assert set(seen) == {2}
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "kind,params",
+    [("local", {"window": 5}), ("atrous", {"rate": 4}), ("sparse", {"rate": 4, "window": 3})],
+)
+def test_mapped_output_buffers_give_the_same_numbers(kind, params, monkeypatch):
+    """With every output and gradient buffer taken from a fresh mapping (the >= 32 MiB path of
+    kexue.core.buffers, forced here at n = 96), forward and gradients equal the heap path's
+    bit for bit: the mapping is handed over zeroed, as the accumulating kernels need."""
+    import kexue.core.buffers as buffers
+
+    q, k, v, _, go = _inputs(2, 3, 96, 8, torch.float32)
+
+    def run():
+        out = attention(q, k, v, kind, **params)
+        return (out, *torch.autograd.grad(out, (q, k, v), go))
+
+    heap = run()
+    monkeypatch.setattr(buffers, "HUGE_MIN_BYTES", 1)
+    mapped = run()
+    if buffers._CAN_MAP:
+        assert mapped[1].data_ptr() % 2**21 == 0  # dq came from a mapping
+    for a, b in zip(heap, mapped, strict=True):
+        assert torch.equal(a, b)

@@ -36,6 +36,7 @@ from kexue.attention._tiles import (
     forward_no_grad,
     merge_parts,
 )
+from kexue.core.buffers import fresh_empty
 from kexue.core.checks import check_positive_int
 
 # Threads inside the kernels (None: torch's setting). The generic path is many small ops, each an
@@ -201,7 +202,7 @@ class ClassPart:
     def forward(self, q, k, v, scale, out=None, lse=None):
         """``(out, lse)`` of the part's heads (written into ``out``/``lse`` when given)."""
         b, hp = q.shape[0], self.h1 - self.h0
-        out = q.new_empty(b, hp, self.n, v.shape[-1]) if out is None else out
+        out = fresh_empty(q, (b, hp, self.n, v.shape[-1])) if out is None else out
         lse = q.new_empty(b, hp, self.n) if lse is None else lse
         if _flash.classes(self, q, k, v):  # n a multiple of r: strided views, fused kernel
             _flash.class_forward(self, q, k, v, scale, out, lse)
@@ -267,7 +268,7 @@ def union_forward(parts, q, k, v, scale):
     with torch.no_grad(), kernel_threads():
         if _covers(parts, h):
             return parts[0].forward(q, k, v, scale)
-        out = q.new_zeros(b, h, n, v.shape[-1])
+        out = fresh_empty(q, (b, h, n, v.shape[-1]), zero=True)
         lse = q.new_full((b, h, n), -math.inf)
         done = torch.zeros(h, dtype=torch.bool)
         for part in parts:
@@ -295,8 +296,8 @@ class _UnionAttention(torch.autograd.Function):
     def backward(ctx, dout, dlse):
         q, k, v, out, lse = ctx.saved_tensors
         if dout is None:
-            dout = torch.zeros_like(out)
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+            dout = fresh_empty(out, zero=True)
+        dq, dk, dv = (fresh_empty(x, zero=True) for x in (q, k, v))
         lse = lse.masked_fill(lse == -math.inf, 0.0)  # rows without keys: P = 0
         with kernel_threads():
             for part in ctx.parts:

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from kexue.attention import _flash
+from kexue.core.buffers import fresh_empty
 
 # Elements of one chunk of score tiles (b * h * tiles * B * T): 512 KiB in float32. Smaller chunks are
 # cache-friendlier, larger ones start fewer parallel regions (costly on an oversubscribed CPU).
@@ -210,7 +211,7 @@ def _v_tile(plan: TilePlan, v: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
 
 def _forward_no_grad(plan: TilePlan, q, k, v, scale, out=None, lse=None):
     b, h, nq, _ = q.shape
-    out = q.new_empty(b, h, nq, v.shape[-1]) if out is None else out
+    out = fresh_empty(q, (b, h, nq, v.shape[-1])) if out is None else out
     lse = q.new_empty(b, h, nq) if lse is None else lse
     tiny = torch.finfo(q.dtype).tiny
     skip = _flash.interior(plan, q, k, v)

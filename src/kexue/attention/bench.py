@@ -36,6 +36,7 @@ from kexue.core.timing import peak_extra_mib as peak_rss_mib
 from kexue.core.timing import time_calls
 
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+SLOW_FORWARD_S = 1.0  # a warm-up forward slower than this: one timed call, no backward warm-up
 
 
 @dataclass(frozen=True)
@@ -127,16 +128,24 @@ def time_method(
     """Best-of-``repeats`` wall-clock seconds of forward (``fwd_s``) and forward+backward
     (``fwd_bwd_s``, NaN if ``backward`` is False) on ``(b, h, n, e)`` inputs, and the process CPU
     seconds of those same calls (``fwd_cpu_s``, ``fwd_bwd_cpu_s``: with one thread on a busy
-    machine, CPU time is the fairer comparison). Timing by :func:`kexue.core.timing.time_calls`."""
+    machine, CPU time is the fairer comparison). Timing by :func:`kexue.core.timing.time_calls`.
+
+    One untimed forward first (compiles FlexAttention), and one untimed forward+backward before
+    the backward timings. Where that first forward took over :data:`SLOW_FORWARD_S` (SDPA full
+    at n = 16384: seconds per call), one timed call each and no backward warm-up."""
     q, k, v, go = _inputs(n, b, h, e, backward)
     t0 = time.perf_counter()
     _run(fn, q, k, v, go, False)  # warm-up (and compile, for FlexAttention)
     warmup = time.perf_counter() - t0
-    fwd = time_calls(lambda: _run(fn, q, k, v, go, False), warmup=0, repeats=repeats)
+    slow = warmup > SLOW_FORWARD_S
+    reps = 1 if slow else repeats
+    fwd = time_calls(lambda: _run(fn, q, k, v, go, False), warmup=0, repeats=reps)
     out = {"fwd_s": fwd.best, "fwd_cpu_s": fwd.best_cpu, "warmup_s": warmup}
     out.update(fwd_bwd_s=math.nan, fwd_bwd_cpu_s=math.nan)
     if backward:
-        bwd = time_calls(lambda: _run(fn, q, k, v, go, True), warmup=0, repeats=repeats)
+        # The backward gets its own warm-up: its first call at a size touches fresh buffers
+        # (and, in a VM, memory the host has taken back), which is not the steady state.
+        bwd = time_calls(lambda: _run(fn, q, k, v, go, True), warmup=0 if slow else 1, repeats=reps)
         out.update(fwd_bwd_s=bwd.best, fwd_bwd_cpu_s=bwd.best_cpu)
     return out
 
@@ -170,7 +179,7 @@ def run_benchmark(
         b: batch.
         h: heads.
         e: head dim.
-        repeats: best-of repeats for time (1 when one run took > 5 s).
+        repeats: best-of repeats for time (see :func:`time_method`).
         memory: also measure peak extra memory.
         skip_slow_s: skip larger sizes of a method once one fwd+bwd exceeds this.
         progress: called with a line per measurement.
@@ -194,8 +203,7 @@ def run_benchmark(
             try:
                 fn = m.build(n)
                 built[(m.name, n)] = fn
-                reps = repeats if n <= 4096 else 1
-                row.update(time_method(fn, n, b=b, h=h, e=e, repeats=reps, backward=m.backward))
+                row.update(time_method(fn, n, b=b, h=h, e=e, repeats=repeats, backward=m.backward))
                 if hasattr(fn, "setup_s"):  # mask construction + compile (first call)
                     row["setup_s"] = fn.setup_s + row["warmup_s"] - row["fwd_s"]
                 slow = max(row["fwd_s"], row["fwd_bwd_s"] if m.backward else 0) > skip_slow_s

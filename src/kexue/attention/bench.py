@@ -32,6 +32,7 @@ from kexue.attention.functional import (
     strided_attention,
 )
 from kexue.attention.patterns import pattern_mask
+from kexue.core.checks import check_positive_int
 from kexue.core.timing import peak_extra_mib as peak_rss_mib
 from kexue.core.timing import time_calls
 
@@ -173,48 +174,98 @@ def run_benchmark(
 ) -> list[dict]:
     """Time every method at every size, then (second phase) measure peak memory.
 
+    At each size the methods are timed round-robin: repeat ``r`` times one call of every
+    method before repeat ``r + 1`` starts, so a burst of load on a shared machine slows one call
+    of each method, not every call of one (the best of each method's calls is reported). Each
+    method gets an untimed forward first (and compile, for FlexAttention) and an untimed
+    fwd+bwd before its backward timings; a method whose first timed forward took over
+    :data:`SLOW_FORWARD_S` (SDPA full at n = 16384) is timed once each, with no backward
+    warm-up.
+
     Args:
         sizes: sequence lengths ``n``.
         methods: what to run.
         b: batch.
         h: heads.
         e: head dim.
-        repeats: best-of repeats for time (see :func:`time_method`).
+        repeats: timed calls per method and size (best of).
         memory: also measure peak extra memory.
         skip_slow_s: skip larger sizes of a method once one fwd+bwd exceeds this.
         progress: called with a line per measurement.
 
     Returns:
-        Rows ``{"method", "n", "fwd_s", "fwd_bwd_s", "warmup_s", "setup_s", "peak_mib", "error"}``
-        (NaN/None if
-        skipped or failed; ``error`` holds the exception text).
+        Rows ``{"method", "n", "fwd_s", "fwd_bwd_s", "fwd_cpu_s", "fwd_bwd_cpu_s", "warmup_s",
+        "setup_s", "peak_mib", "error"}`` (NaN/None if skipped or failed; ``error`` holds the
+        exception text).
     """
-    rows, built = [], {}
-    for m in methods:
-        slow = False
-        for n in sizes:
+    check_positive_int(repeats, "repeats")
+    rows, built, too_slow = [], {}, set()
+
+    def fail(row: dict, exc: Exception) -> None:
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+
+    for n in sizes:
+        q, k, v, go = _inputs(n, b, h, e, True)
+        live = []  # [method, row, fn, slow, fwd timings, fwd+bwd timings]
+        for m in methods:
             row = {"method": m.name, "n": n, "fwd_s": math.nan, "fwd_bwd_s": math.nan}
-            row.update(fwd_cpu_s=math.nan, fwd_bwd_cpu_s=math.nan)
+            row.update(fwd_cpu_s=math.nan, fwd_bwd_cpu_s=math.nan, warmup_s=math.nan)
             row.update(setup_s=math.nan, peak_mib=None, error=None)
             rows.append(row)
-            if slow:
+            if m.name in too_slow:
                 row["error"] = "skipped (too slow)"
                 continue
             try:
                 fn = m.build(n)
-                built[(m.name, n)] = fn
-                row.update(time_method(fn, n, b=b, h=h, e=e, repeats=repeats, backward=m.backward))
-                if hasattr(fn, "setup_s"):  # mask construction + compile (first call)
-                    row["setup_s"] = fn.setup_s + row["warmup_s"] - row["fwd_s"]
-                slow = max(row["fwd_s"], row["fwd_bwd_s"] if m.backward else 0) > skip_slow_s
+                t0 = time.perf_counter()
+                _run(fn, q, k, v, go, False)
+                row["warmup_s"] = time.perf_counter() - t0
             except Exception as exc:  # noqa: BLE001 - report in the table, keep going
-                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+                fail(row, exc)
+                continue
+            built[(m.name, n)] = fn
+            live.append([m, row, fn, False, [], []])
+        for backward in (False, True):
+            if backward:  # warm-up of the backward
+                for entry in live:
+                    m, row, fn, slow = entry[:4]
+                    if m.backward and not slow and not row["error"]:
+                        try:
+                            _run(fn, q, k, v, go, True)
+                        except Exception as exc:  # noqa: BLE001
+                            fail(row, exc)
+            for r in range(repeats):
+                for entry in live:
+                    m, row, fn, slow, fwd, bwd = entry
+                    if row["error"] or (slow and r > 0) or (backward and not m.backward):
+                        continue
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    try:
+                        _run(fn, q, k, v, go, backward)
+                    except Exception as exc:  # noqa: BLE001
+                        fail(row, exc)
+                        continue
+                    took = (time.perf_counter() - t0, time.process_time() - c0)
+                    (bwd if backward else fwd).append(took)
+                    if not backward and r == 0:  # the first timed forward decides
+                        entry[3] = took[0] > SLOW_FORWARD_S
+        for m, row, fn, _, fwd, bwd in live:
+            if fwd:
+                row["fwd_s"], row["fwd_cpu_s"] = min(w for w, _ in fwd), min(c for _, c in fwd)
+            if bwd:
+                row["fwd_bwd_s"] = min(w for w, _ in bwd)
+                row["fwd_bwd_cpu_s"] = min(c for _, c in bwd)
+            if hasattr(fn, "setup_s") and fwd:  # mask construction + compile (first call)
+                row["setup_s"] = fn.setup_s + row["warmup_s"] - row["fwd_s"]
+            if max(row["fwd_s"], row["fwd_bwd_s"] if m.backward else 0) > skip_slow_s:
+                too_slow.add(m.name)
             if progress:
                 progress(
                     f"{m.name:<40} n={n:<6} fwd {row['fwd_s']:.3f}s fwd+bwd "
                     f"{row['fwd_bwd_s']:.3f}s (CPU {row['fwd_cpu_s']:.3f}s / "
                     f"{row['fwd_bwd_cpu_s']:.3f}s)"
                 )
+        del q, k, v, go
     if memory:
         for row in rows:
             fn = built.get((row["method"], row["n"]))

@@ -206,6 +206,7 @@ def run_benchmark(
 
     for n in sizes:
         q, k, v, go = _inputs(n, b, h, e, True)
+        plain = [x.detach() for x in (q, k, v)]  # forward-only kernels refuse grad inputs
         live = []  # [method, row, fn, slow, fwd timings, fwd+bwd timings]
         for m in methods:
             row = {"method": m.name, "n": n, "fwd_s": math.nan, "fwd_bwd_s": math.nan}
@@ -218,7 +219,7 @@ def run_benchmark(
             try:
                 fn = m.build(n)
                 t0 = time.perf_counter()
-                _run(fn, q, k, v, go, False)
+                _run(fn, *plain, go, False)
                 row["warmup_s"] = time.perf_counter() - t0
             except Exception as exc:  # noqa: BLE001 - report in the table, keep going
                 fail(row, exc)
@@ -241,7 +242,7 @@ def run_benchmark(
                         continue
                     t0, c0 = time.perf_counter(), time.process_time()
                     try:
-                        _run(fn, q, k, v, go, backward)
+                        _run(fn, *((q, k, v) if backward else plain), go, backward)
                     except Exception as exc:  # noqa: BLE001
                         fail(row, exc)
                         continue
@@ -265,7 +266,7 @@ def run_benchmark(
                     f"{row['fwd_bwd_s']:.3f}s (CPU {row['fwd_cpu_s']:.3f}s / "
                     f"{row['fwd_bwd_cpu_s']:.3f}s)"
                 )
-        del q, k, v, go
+        del q, k, v, go, plain
     if memory:
         for row in rows:
             fn = built.get((row["method"], row["n"]))

@@ -10,9 +10,10 @@ Then the issue's targets at the largest n are checked and printed. Not a test.
         [--no-flex] [--flex-sizes 16384] [--no-memory] [--kernel-threads 1] [--heap-reuse]
 
 ``--heap-reuse`` times with glibc's heap serving every allocation (``kexue.core.timing.heap_reuse``,
-like running under ``MALLOC_MMAP_MAX_=0``): with the defaults every tensor of 32 MiB or more (at
-n = 16384: the output and the three gradients) is fresh memory, page-faulted on every call.
-It implies ``--no-memory`` (resident-set peaks need freed memory back at the OS).
+like running under ``MALLOC_MMAP_MAX_=0``): with the defaults every tensor of 32 MiB or more is
+fresh memory on every call (kexue's own outputs and gradients take it in huge pages, through
+``kexue.core.buffers.fresh_empty``; SDPA's in 4 KiB pages). It implies ``--no-memory``
+(resident-set peaks need freed memory back at the OS).
 
 Memory method: see kexue.attention.bench (resident-set peak during one fwd+bwd, glibc mmap
 threshold lowered so freed tensors return to the OS).

@@ -119,46 +119,58 @@ def backward(
     (PyTorch's fused backward returns ``T / B`` times the rows, zero-filled, which cost more than
     its arithmetic here).
     """
-    blk, tk, n_s = plan.block, plan.tile_keys, plan.left + plan.right + 1
+    blk, tk, n_s, left = plan.block, plan.tile_keys, plan.left + plan.right + 1, plan.left
     per = max(1, min(c1 - c0, BACKWARD_ELEMENTS // (blk * tk)))
     keep = None if plan.static_ok is None else plan.static_ok.to(q.dtype)  # (B, T) 0/1
-    p_buf, dp_buf = q.new_empty(per, blk, tk), q.new_empty(per, blk, tk)
-    d_buf, nl_buf = q.new_empty(per, blk, 1), q.new_empty(per, blk, 1)
-    e, ev = q.shape[-1], v.shape[-1]
+    bufs = [q.new_empty(per, blk, tk), q.new_empty(per, blk, tk)]
+    bufs += [q.new_empty(per, blk, 1), q.new_empty(per, blk, 1)]
+    nq, nk = plan.n_q // blk, plan.n_k // blk  # whole blocks: every interior row lies in them
+    # Python overhead is a tenth of this loop's time on 2 threads, so every view that does not
+    # change inside a loop is made outside it: per head, tensors as (blocks, B, .) views; per
+    # chunk size, the score buffers and their column blocks.
+    views: dict[int, tuple] = {}
+
+    def buffers(c: int) -> tuple:
+        if c not in views:
+            p, dp, d, nl = (x[:c] for x in bufs)
+            cols = [(p[:, :, s * blk : (s + 1) * blk].transpose(1, 2),
+                     dp[:, :, s * blk : (s + 1) * blk].transpose(1, 2)) for s in range(n_s)]  # fmt: skip
+            views[c] = (p, dp, d, nl, cols)
+        return views[c]
+
+    def blocks(x: torch.Tensor, n_blocks: int) -> torch.Tensor:
+        return x[: n_blocks * blk].view(n_blocks, blk, x.shape[-1])
+
     for bi in range(q.shape[0]):
         for hi in range(q.shape[1]):
-            qh, kh, vh, do_h = q[bi, hi], k[bi, hi], v[bi, hi], dout[bi, hi]
+            kh, vh = k[bi, hi], v[bi, hi]
+            qb, dob, ob = (blocks(x[bi, hi], nq) for x in (q, dout, out))
+            dqb, dkb, dvb = blocks(dq[bi, hi], nq), blocks(dk[bi, hi], nk), blocks(dv[bi, hi], nk)
+            lb = blocks(lse[bi, hi, :, None], nq)
+            dlb = None if dlse is None else blocks(dlse[bi, hi, :, None], nq)
             for a in range(c0, c1, per):
                 z = min(a + per, c1)
-                c, rows = z - a, slice(a * blk, z * blk)
-                keys = slice((a - plan.left) * blk, (z + plan.right) * blk)
-                qc, do = qh[rows].view(c, blk, e), do_h[rows].view(c, blk, ev)
+                p, dp, d, nl, cols = buffers(z - a)
+                qc, do = qb[a:z], dob[a:z]
+                keys = slice((a - left) * blk, (z + plan.right) * blk)
                 kt = kh[keys].unfold(0, tk, blk)  # (c, e, T): K_c^T per tile, a view
                 vt = vh[keys].unfold(0, tk, blk)
-                p, dp, d = p_buf[:c], dp_buf[:c], d_buf[:c]
-                nl = torch.neg(lse[bi, hi, rows].view(c, blk, 1), out=nl_buf[:c])
-                torch.baddbmm(nl, qc, kt, alpha=scale, out=p)  # S - l
+                torch.baddbmm(torch.neg(lb[a:z], out=nl), qc, kt, alpha=scale, out=p)  # S - l
                 # P = e^(S - l) M. Masking after exp, not with -inf before: exp of -inf (or of
                 # anything below about -87) takes a slow path (3-70x); allowed S - l <= 0, and
                 # e^-80 ~ 1e-35 is as good as 0, so clamping keeps every argument fast.
                 p.clamp_(min=-80.0, max=0.0).exp_()
                 if keep is not None:
                     p.mul_(keep)
-                torch.sum(do * out[bi, hi, rows].view(c, blk, ev), -1, keepdim=True, out=d)
-                if dlse is not None:
-                    d.sub_(dlse[bi, hi, rows].view(c, blk, 1))  # D - dl
-                for s in range(n_s):  # dV of key block a + s - L .. z + s - L
-                    lo = (a + s - plan.left) * blk
-                    dv[bi, hi, lo : lo + c * blk].view(c, blk, ev).baddbmm_(
-                        p[:, :, s * blk : (s + 1) * blk].transpose(1, 2), do
-                    )
+                torch.sum(do * ob[a:z], -1, keepdim=True, out=d)
+                if dlb is not None:
+                    d.sub_(dlb[a:z])  # D - dl
+                for s, (p_s, _) in enumerate(cols):  # dV of key blocks a + s - L .. z + s - L
+                    dvb[a + s - left : z + s - left].baddbmm_(p_s, do)
                 torch.baddbmm(d.neg_(), do, vt, out=dp).mul_(p)  # dS (alpha comes below)
-                dq[bi, hi, rows].view(c, blk, e).baddbmm_(dp, kt.transpose(1, 2), alpha=scale)
-                for s in range(n_s):
-                    lo = (a + s - plan.left) * blk
-                    dk[bi, hi, lo : lo + c * blk].view(c, blk, e).baddbmm_(
-                        dp[:, :, s * blk : (s + 1) * blk].transpose(1, 2), qc, alpha=scale
-                    )
+                dqb[a:z].baddbmm_(dp, kt.transpose(1, 2), alpha=scale)
+                for s, (_, dp_s) in enumerate(cols):
+                    dkb[a + s - left : z + s - left].baddbmm_(dp_s, qc, alpha=scale)
 
 
 # --- atrous residue classes --------------------------------------------------------------------

@@ -10,7 +10,8 @@ r"""One timing and peak-memory helper for every benchmark and experiment.
   tensors use :func:`cuda_peak_extra_mib` (``torch.cuda.max_memory_allocated``).
 * :func:`heap_reuse`: glibc serves every allocation from its heap (no ``mmap``), so tensors of
   32 MiB and more are reused instead of page-faulted afresh on every call (what the environment
-  variable ``MALLOC_MMAP_MAX_=0`` does for a whole process).
+  variable ``MALLOC_MMAP_MAX_=0`` does for a whole process). Buffers from
+  :func:`kexue.core.buffers.fresh_empty` are mapped directly and do not take part.
 * :func:`ratio_text`: speed-ups in honest words ("3.6x slower", never "0.3x faster").
 """
 

@@ -34,7 +34,6 @@ from kexue.attention.functional import (
 from kexue.attention.patterns import pattern_mask
 from kexue.core.checks import check_positive_int
 from kexue.core.timing import peak_extra_mib as peak_rss_mib
-from kexue.core.timing import time_calls
 
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 SLOW_FORWARD_S = 1.0  # a warm-up forward slower than this: one timed call, no backward warm-up
@@ -129,26 +128,18 @@ def time_method(
     """Best-of-``repeats`` wall-clock seconds of forward (``fwd_s``) and forward+backward
     (``fwd_bwd_s``, NaN if ``backward`` is False) on ``(b, h, n, e)`` inputs, and the process CPU
     seconds of those same calls (``fwd_cpu_s``, ``fwd_bwd_cpu_s``: with one thread on a busy
-    machine, CPU time is the fairer comparison). Timing by :func:`kexue.core.timing.time_calls`.
+    machine, CPU time is the fairer comparison).
 
-    One untimed forward first (compiles FlexAttention), and one untimed forward+backward before
-    the backward timings. Where that first forward took over :data:`SLOW_FORWARD_S` (SDPA full
-    at n = 16384: seconds per call), one timed call each and no backward warm-up."""
-    q, k, v, go = _inputs(n, b, h, e, backward)
-    t0 = time.perf_counter()
-    _run(fn, q, k, v, go, False)  # warm-up (and compile, for FlexAttention)
-    warmup = time.perf_counter() - t0
-    slow = warmup > SLOW_FORWARD_S
-    reps = 1 if slow else repeats
-    fwd = time_calls(lambda: _run(fn, q, k, v, go, False), warmup=0, repeats=reps)
-    out = {"fwd_s": fwd.best, "fwd_cpu_s": fwd.best_cpu, "warmup_s": warmup}
-    out.update(fwd_bwd_s=math.nan, fwd_bwd_cpu_s=math.nan)
-    if backward:
-        # The backward gets its own warm-up: its first call at a size touches fresh buffers
-        # (and, in a VM, memory the host has taken back), which is not the steady state.
-        bwd = time_calls(lambda: _run(fn, q, k, v, go, True), warmup=0 if slow else 1, repeats=reps)
-        out.update(fwd_bwd_s=bwd.best, fwd_bwd_cpu_s=bwd.best_cpu)
-    return out
+    The same protocol as :func:`run_benchmark` (one method, one size, no memory phase); raises
+    what the method raises.
+    """
+    row = run_benchmark([n], [Method("fn", lambda _: fn, backward=backward)], b=b, h=h, e=e,
+                        repeats=repeats, memory=False, skip_slow_s=math.inf)[0]  # fmt: skip
+    if row["error"]:
+        raise RuntimeError(f"time_method: {row['error']}")
+    return {
+        key: row[key] for key in ("fwd_s", "fwd_cpu_s", "warmup_s", "fwd_bwd_s", "fwd_bwd_cpu_s")
+    }
 
 
 def peak_extra_mib(

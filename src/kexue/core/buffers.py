@@ -31,9 +31,9 @@ _HUGE_PAGE = 2 << 20
 _CAN_MAP = sys.platform.startswith("linux") and hasattr(mmap, "MADV_HUGEPAGE")
 
 
-def _mapped(nbytes: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """A 1-D ``dtype`` tensor over ``nbytes`` of a fresh 2 MiB-aligned private mapping, or None
-    if the OS refuses."""
+def _mapped(nbytes: int, dtype: torch.dtype, item: int) -> torch.Tensor | None:
+    """A 1-D ``dtype`` tensor (``item`` bytes an element) over ``nbytes`` of a fresh 2 MiB-aligned
+    private mapping, or None if the OS refuses."""
     try:
         # 2 MiB more than asked: the aligned start can lie up to 2 MiB in; the untouched rest
         # never becomes resident.
@@ -42,7 +42,6 @@ def _mapped(nbytes: int, dtype: torch.dtype) -> torch.Tensor | None:
     except (OSError, ValueError):
         return None
     start = torch.frombuffer(mm, dtype=torch.uint8, count=1).data_ptr()
-    item = torch.empty(0, dtype=dtype).element_size()
     return torch.frombuffer(mm, dtype=dtype, count=nbytes // item, offset=-start % _HUGE_PAGE)
 
 
@@ -63,7 +62,7 @@ def fresh_empty(
     )
     nbytes = meta.numel() * meta.element_size()
     if _CAN_MAP and like.device.type == "cpu" and nbytes >= HUGE_MIN_BYTES:
-        flat = _mapped(nbytes, like.dtype)
+        flat = _mapped(nbytes, like.dtype, meta.element_size())
         if flat is not None:
             return flat.as_strided(meta.shape, meta.stride())
     t = torch.empty_like(like) if shape is None else like.new_empty(tuple(shape))

@@ -14,6 +14,12 @@ block anyway (a private mapping, unmapped on free) plus the huge-page hint that 
 ``THP_MEM_ALLOC_ENABLE`` gives every allocation. Smaller buffers, CUDA tensors and systems
 without ``MADV_HUGEPAGE`` get ``torch.empty`` / ``torch.zeros``: the heap serves them again.
 
+The mapping is populated at once, in one thread (``MADV_POPULATE_WRITE``, Linux 5.14+; else one
+write per huge page): a multi-threaded kernel that first-touches it otherwise takes the faults
+from every thread at once, and on a virtual machine whose host backs guest memory lazily that
+was measured 10-20x slower (a 32 MiB copy on 2 threads into the fresh mapping: 50-60 ms, against
+3 ms to populate plus 3 ms to copy).
+
 The tensor is ordinary except that its storage cannot be resized (``resize_`` to a larger size
 raises), like every ``torch.frombuffer`` tensor.
 """
@@ -28,6 +34,8 @@ import torch
 
 HUGE_MIN_BYTES = 32 << 20  # glibc mmaps from here; below, freed blocks are reused from the heap
 _HUGE_PAGE = 2 << 20
+# Python's mmap module does not name it (3.11); the value is Linux's, refused (EINVAL) before 5.14.
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 _CAN_MAP = sys.platform.startswith("linux") and hasattr(mmap, "MADV_HUGEPAGE")
 
 
@@ -42,7 +50,20 @@ def _mapped(nbytes: int, dtype: torch.dtype, item: int) -> torch.Tensor | None:
     except (OSError, ValueError):
         return None
     start = torch.frombuffer(mm, dtype=torch.uint8, count=1).data_ptr()
-    return torch.frombuffer(mm, dtype=dtype, count=nbytes // item, offset=-start % _HUGE_PAGE)
+    offset = -start % _HUGE_PAGE
+    flat = torch.frombuffer(mm, dtype=dtype, count=nbytes // item, offset=offset)
+    _populate(mm, flat, offset, nbytes, item)
+    return flat
+
+
+def _populate(mm: mmap.mmap, flat: torch.Tensor, offset: int, nbytes: int, item: int) -> None:
+    """Fault the mapping in now, from this thread alone (module doc): the kernel's populate
+    call, else one write per huge page (a 16-element strided fill, below torch's grain size, so
+    one thread)."""
+    try:
+        mm.madvise(_MADV_POPULATE_WRITE, offset, nbytes)
+    except (OSError, ValueError):  # older kernel: the first write of each huge page faults it in
+        flat[:: _HUGE_PAGE // item].zero_()
 
 
 def fresh_empty(

@@ -120,16 +120,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     set_kernel_threads(args.kernel_threads or None)
     t0 = time.time()
-    rows = run_benchmark(
-        args.sizes, default_methods(), repeats=args.repeats, memory=False, progress=print
-    )
+    flex = None
     if not args.no_flex:
         try:
-            rows += run_benchmark(
-                args.flex_sizes or [max(args.sizes)], [flex_method()], memory=False, progress=print
-            )
-        except Exception as exc:  # noqa: BLE001 - FlexAttention needs a working inductor/C compiler
+            flex = flex_method()
+        except Exception as exc:  # noqa: BLE001 - FlexAttention needs a recent torch
             print(f"FlexAttention unavailable: {type(exc).__name__}: {exc}")
+    flex_sizes = set(args.flex_sizes or [max(args.sizes)])
+    rows = []
+    for n in sorted(set(args.sizes) | (flex_sizes if flex else set())):
+        # Flex joins the round-robin of its sizes: timed under the same conditions as ours
+        # (a separate phase after SDPA full's multi-second calls favoured whichever ran alone)
+        methods = [m for m in default_methods() if n in args.sizes]
+        methods += [flex] if flex is not None and n in flex_sizes else []
+        rows += run_benchmark([n], methods, repeats=args.repeats, memory=False, progress=print)
     if not args.no_memory:  # second phase (changes malloc settings): every method, same inputs
         from kexue.attention.bench import peak_extra_mib
 

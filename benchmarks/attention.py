@@ -8,6 +8,7 @@ Then the issue's targets at the largest n are checked and printed. Not a test.
 
     .venv/bin/python benchmarks/attention.py [--sizes 1024 2048 4096 8192 16384] [--threads 2]
         [--no-flex] [--flex-sizes 16384] [--no-memory] [--kernel-threads 1] [--heap-reuse]
+        [--snapshot docs/results/bench/attention.json]
 
 ``--heap-reuse`` times with glibc's heap serving every allocation (``kexue.core.timing.heap_reuse``,
 like running under ``MALLOC_MMAP_MAX_=0``): with the defaults every tensor of 32 MiB or more is
@@ -25,6 +26,7 @@ import argparse
 import math
 import os
 import platform
+import sys
 import time
 
 import torch
@@ -38,6 +40,7 @@ from kexue.attention.bench import (
     time_method,
 )
 from kexue.core.timing import heap_reuse
+from kexue.report.bench import command_line, write_snapshot
 
 
 def _get(rows, method, n, key="fwd_bwd_s"):
@@ -112,6 +115,11 @@ def main() -> None:
         "--heap-reuse", action="store_true",
         help="glibc serves every allocation from its heap during the timings (no mmap)",
     )  # fmt: skip
+    p.add_argument(
+        "--snapshot", metavar="PATH", default=None,
+        help="also write the summary and rows as JSON (docs/results/bench/attention.json: the "
+        "README block `make readme` renders)",
+    )  # fmt: skip
     args = p.parse_args()
     if args.heap_reuse:  # peaks need freed memory back at the OS: they come from a default run
         args.no_memory = True
@@ -152,15 +160,25 @@ def main() -> None:
     )
     print(markdown_table(rows))
     n = max(args.sizes)
-    print()
+    summary = [markdown_table([r for r in rows if r["n"] == n])]
     for cpu in (False, True):
-        print(f"Targets at n={n} ({'process CPU time' if cpu else 'wall clock'}):")
-        print("\n".join(targets(rows, n, n // 2, cpu)))
+        summary += ["", f"Targets at n={n} ({'process CPU time' if cpu else 'wall clock'}):", ""]
+        summary += targets(rows, n, n // 2, cpu)
     if not args.no_memory:
-        print("Memory targets (peak extra MiB of one fwd+bwd):")
-        print("\n".join(memory_targets(rows)))
+        summary += ["", "Memory targets (peak extra MiB of one fwd+bwd):", ""]
+        summary += memory_targets(rows)
     if args.threads > 1:
-        print(thread_target(n, args.threads))
+        summary += ["", "Threads:", "", thread_target(n, args.threads)]
+    print("\n".join(summary[1:]))
+    if args.snapshot:
+        command = command_line("benchmarks/attention.py", sys.argv[1:])
+        extra = ", timings with --heap-reuse (no mmap)" if args.heap_reuse else ""
+        write_snapshot(
+            args.snapshot, name="attention", command=command,
+            markdown=f"b=1, h=8, e=64, fp32, best of {args.repeats}{extra}\n\n" + "\n".join(summary),
+            data={"rows": rows},
+        )  # fmt: skip
+        print(f"snapshot: {args.snapshot}")
 
 
 def thread_target(n: int, threads: int) -> str:

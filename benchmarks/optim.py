@@ -8,7 +8,8 @@ Prints one markdown table from one run:
 * ``Lookahead(Adam, k=5)`` vs ``Adam`` per-step time on a 784-256-256-10 MLP (and the
   ``pytorch_optimizer`` peer), interleaved rounds.
 
-Usage: ``python benchmarks/optim.py [--rows 1000000] [--repeats 8] [--quick] [--lookahead-only]``.
+Usage: ``python benchmarks/optim.py [--rows 1000000] [--repeats 8] [--quick] [--lookahead-only]
+[--snapshot PATH]``.
 Memory: about 2 GB per embedding variant (weights, gradient, two moments), one variant at a time.
 """
 
@@ -21,6 +22,7 @@ import sys
 import torch
 
 from kexue.optim.bench import embedding_step_times, lookahead_overhead
+from kexue.report.bench import command_line, write_snapshot
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         "--lookahead-only", action="store_true", help="only the Lookahead overhead table"
     )
     ap.add_argument("--rounds", type=int, default=0, help="Lookahead rounds (0: 40, quick 10)")
+    ap.add_argument(
+        "--snapshot",
+        metavar="PATH",
+        default=None,
+        help="also write the tables and raw timings as JSON (docs/results/bench/optim-lookahead.json"
+        " with --lookahead-only: the README block `make readme` renders)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,29 +67,32 @@ def main(argv: list[str] | None = None) -> int:
     print("  timing Lookahead overhead ...", file=sys.stderr)
     la = lookahead_overhead(rounds=args.rounds or (10 if args.quick else 40))
 
+    out: list[str] = []
     if emb:
-        print(
-            f"\n### Optimizer step, {args.rows:,} x {args.dim} embedding, {args.touched:.0%} rows touched per step\n"
+        out.append(
+            f"\n**Optimizer step, {args.rows:,} x {args.dim} embedding, {args.touched:.0%} rows touched per step**\n"
         )
-        print(
+        out.append(
             "| optimizer | gradient | ms/step (median) | ms/step (min) | speed-up vs Adam "
             "| vs fused Adam | vs SparseAdam |"
         )
-        print("|---|---|---:|---:|---:|---:|---:|")
+        out.append("|---|---|---:|---:|---:|---:|---:|")
     for r in emb:
         t = r["ms"]
-        print(
+        out.append(
             f"| {r['variant']} | {r['grad']} | {t:.1f} | {r['ms_min']:.1f} | {ms['adam'] / t:.1f}x | "
             f"{ms['adam-fused'] / t:.2f}x | {ms['sparse-adam'] / t:.2f}x |"
         )
-    print(f"\n### Lookahead step overhead, MLP 784-256-256-10 ({la['params']:,} params), k=5\n")
-    print(
+    out.append(
+        f"\n**Lookahead step overhead, MLP 784-256-256-10 ({la['params']:,} params), k=5**\n"
+    )
+    out.append(
         "| optimizer | us/step (median) | us/step (fastest round) "
         "| overhead (median per-round ratio) | overhead (fastest rounds) |"
     )
-    print("|---|---:|---:|---:|---:|")
+    out.append("|---|---:|---:|---:|---:|")
     for name, us in la["us"].items():
-        print(
+        out.append(
             f"| {name} | {us:.0f} | {la['us_min'][name]:.0f} | {la['overhead'][name]:+.1%} "
             f"| {la['overhead_min'][name]:+.1%} |"
         )
@@ -126,11 +138,21 @@ def main(argv: list[str] | None = None) -> int:
                 la["overhead"][peer],
             )
         )
-    print("\n### Targets\n")
-    print("| target | met | value |")
-    print("|---|---|---:|")
+    out.append("\n**Targets**\n")
+    out.append("| target | met | value |")
+    out.append("|---|---|---:|")
     for name, ok, value in targets:
-        print(f"| {name} | {'yes' if ok else 'NO'} | {value:.3g} |")
+        out.append(f"| {name} | {'yes' if ok else 'NO'} | {value:.3g} |")
+    print("\n".join(out))
+    if args.snapshot:
+        write_snapshot(
+            args.snapshot,
+            name="optim-lookahead" if args.lookahead_only else "optim",
+            command=command_line("benchmarks/optim.py", sys.argv[1:] if argv is None else argv),
+            markdown="\n".join(out),
+            data={"embedding": emb, "lookahead": la},
+        )
+        print(f"snapshot: {args.snapshot}")
     return 0
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from kexue.report.bench import blocks as bench_blocks
+from kexue.report.bench import load_snapshot as load_bench_snapshot
+from kexue.report.bench import readme_block as bench_readme_block
 from kexue.report.readme import blocks, load_snapshot, readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,4 +64,23 @@ def test_results_block_matches_its_run_snapshot(name, scale, body):
     assert res.provenance.name == name and res.provenance.scale == scale
     assert body == readme_block(res), (
         f"README block {name}/{scale} differs from {snap.relative_to(ROOT)}: run `make readme`"
+    )
+
+
+BENCH_BLOCKS = bench_blocks(TEXT)
+
+
+def test_readme_has_the_attention_and_lookahead_benchmark_blocks():
+    assert {"attention", "optim-lookahead"} <= {name for name, _ in BENCH_BLOCKS}
+
+
+@pytest.mark.parametrize("name, body", BENCH_BLOCKS, ids=[n for n, _ in BENCH_BLOCKS])
+def test_benchmark_block_matches_its_run_snapshot(name, body):
+    """A benchmark table in the README is what `benchmarks/*.py --snapshot` printed."""
+    snap = ROOT / "docs" / "results" / "bench" / f"{name}.json"
+    assert snap.is_file(), f"{snap} missing: run the benchmark with --snapshot, then `make readme`"
+    got = load_bench_snapshot(snap)
+    assert got["name"] == name
+    assert body == bench_readme_block(got), (
+        f"README benchmark block {name} differs from {snap.relative_to(ROOT)}: run `make readme`"
     )

@@ -103,6 +103,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_readme(args: argparse.Namespace) -> int:
+    from kexue.report.bench import update_readme as update_bench_blocks
     from kexue.report.readme import update_readme
 
     for path, what in ((args.readme, "--readme"), (args.results, "--results")):
@@ -110,6 +111,9 @@ def _cmd_readme(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{what} {path} does not exist")
     names = update_readme(args.readme, args.results, args.snapshots)
     print(f"README blocks updated from {args.results}: {', '.join(names) or 'none'}")
+    bench = Path(args.snapshots) / "bench"
+    names = update_bench_blocks(args.readme, bench)
+    print(f"README benchmark blocks updated from {bench}: {', '.join(names) or 'none'}")
     return 0
 
 
@@ -176,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "readme",
-        help="refresh the README's results blocks from a report directory",
+        help="refresh the README's results blocks from a report directory (and its benchmark "
+        "blocks from SNAPSHOTS/bench)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     s.add_argument("--results", default="report", help="report directory (kexue report --out)")

@@ -223,3 +223,24 @@ def test_fresh_empty_mapping_goes_back_to_the_os():
     assert held - before > 90 and after - before < 10, (before, held, after)
     with pytest.raises(TypeError, match="like must be a torch.Tensor"):
         fresh_empty([1.0])  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.parametrize("populate", ["kernel", "fallback"])
+def test_fresh_empty_populates_the_mapping_before_any_write(populate, monkeypatch):
+    """The pages are resident when fresh_empty returns (faulted in by one thread, not by the
+    kernel that first writes them); with a kernel that refuses MADV_POPULATE_WRITE (forced here
+    by an advice value Linux rejects), one write per huge page does it. Zeros either way."""
+    import kexue.core.buffers as buffers
+
+    if not buffers._CAN_MAP:
+        pytest.skip("no MADV_HUGEPAGE: fresh_empty takes the torch.zeros path")
+    if populate == "fallback":
+        monkeypatch.setattr(buffers, "_MADV_POPULATE_WRITE", 12345)
+    before = _rss_mib()
+    big = fresh_empty(torch.ones(1), (16 * 2**20,), zero=True)  # 64 MiB, nothing written yet
+    held = _rss_mib()
+    assert held - before > (60 if populate == "kernel" else 1), (populate, before, held)
+    assert bool(big.eq(0).all())
+    if populate == "fallback" and _thp_mode() in ("always", "madvise"):
+        assert held - before > 60  # each huge page written once is wholly resident

@@ -12,7 +12,7 @@ peak extra resident memory of a second generation (``kexue.core.timing.peak_extr
 contention does not change it). Ratios are full / bounded from this one run.
 
 Usage: ``python benchmarks/attention_decode.py [--tokens 16384] [--window 64] [--dim 128]
-[--heads 4] [--threads 1]``. Timings on a shared machine are indicative only.
+[--heads 4] [--threads 1] [--snapshot PATH]``. Timings on a shared machine are indicative only.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 
 import torch
 from torch import nn
 
 from kexue.attention import TransformerDecoderBlock
 from kexue.core.timing import peak_extra_mib, time_calls
+from kexue.report.bench import command_line, write_snapshot
 
 
 class LocalLM(nn.Module):
@@ -74,6 +76,11 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--snapshot", metavar="PATH", default=None,
+        help="also write the table as JSON (docs/results/bench/attention-decode.json: the README "
+        "block `make readme` renders)",
+    )  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -97,27 +104,40 @@ def main() -> None:
             lambda bounded=bounded: lm.generate(first, args.tokens, bounded=bounded)
         )
     b, f = rows[True], rows[False]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(
-        f"\ntorch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} thread(s), "
-        f"load avg {load:.1f}; 2-layer local({args.window}) LM, d={args.dim}, h={args.heads}, "
-        f"{args.tokens} tokens, batch 1, fp32\n"
-    )
-    print("| cache | wall s | CPU s | tokens/s | cache MiB at end | peak extra MiB |")
-    print("|---|---:|---:|---:|---:|---:|")
+    out = [
+        f"2-layer local({args.window}) LM, d={args.dim}, h={args.heads}, {args.tokens} tokens, "
+        "batch 1, fp32",
+        "",
+        "| cache | wall s | CPU s | tokens/s | cache MiB at end | peak extra MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, r in (("BoundedKVCache (ring of w + 1)", b), ("KVCache (every key)", f)):
         peak = "n/a" if r["peak"] is None else f"{r['peak']:.1f}"
-        print(
+        out.append(
             f"| {name} | {r['wall']:.1f} | {r['cpu']:.1f} | {args.tokens / r['wall']:.0f} | "
             f"{r['cache_mib']:.3f} | {peak} |"
         )
     same = bool(torch.equal(b["tokens"], f["tokens"]))
-    print(
-        f"\nfull / bounded: time {f['wall'] / b['wall']:.2f}x, cache memory "
+    out += [
+        "",
+        f"full / bounded: time {f['wall'] / b['wall']:.2f}x, cache memory "
         f"{f['cache_mib'] / b['cache_mib']:.0f}x"
         + (f", peak {f['peak'] / max(b['peak'], 1e-9):.1f}x" if b["peak"] is not None else "")
-        + f"; same tokens: {same}"
-    )
+        + f"; same tokens: {same}",
+    ]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\ntorch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} thread(s), "
+          f"load avg {load:.1f}\n")  # fmt: skip
+    print("\n".join(out))
+    if args.snapshot:
+        data = {name: {k: v for k, v in r.items() if k != "tokens"} | {"tokens_per_s":
+                args.tokens / r["wall"]} for name, r in (("bounded", b), ("full", f))}  # fmt: skip
+        write_snapshot(
+            args.snapshot, name="attention-decode",
+            command=command_line("benchmarks/attention_decode.py", sys.argv[1:]),
+            markdown="\n".join(out), data=data | {"same_tokens": same},
+        )  # fmt: skip
+        print(f"snapshot: {args.snapshot}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 report: setup
 	$(VENV)/bin/kexue report --scale quick --out report/ --overwrite
 
-# after `make report`: rewrite the README's results blocks (and docs/results/ snapshots) from it
+# after `make report`: rewrite the README's results blocks (and docs/results/ snapshots) from it,
+# and its benchmark blocks from docs/results/bench/*.json (benchmarks/*.py --snapshot)
 readme: setup
 	$(VENV)/bin/kexue readme --results report --readme README.md --snapshots docs/results
 

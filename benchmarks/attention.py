@@ -50,6 +50,7 @@ def _get(rows, method, n, key="fwd_bwd_s"):
     return math.nan
 
 
+SKIP_S = 120.0  # a method slower than this (fwd or fwd+bwd) is not run at larger sizes
 OURS = ("local(64)", "atrous(128)", "atrous(n/128)", "sparse(128)", "strided(128)", "fixed(128)")
 
 
@@ -135,13 +136,23 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - FlexAttention needs a recent torch
             print(f"FlexAttention unavailable: {type(exc).__name__}: {exc}")
     flex_sizes = set(args.flex_sizes or [max(args.sizes)])
-    rows = []
+    rows, too_slow = [], set()
     for n in sorted(set(args.sizes) | (flex_sizes if flex else set())):
         # Flex joins the round-robin of its sizes: timed under the same conditions as ours
         # (a separate phase after SDPA full's multi-second calls favoured whichever ran alone)
         methods = [m for m in default_methods() if n in args.sizes]
         methods += [flex] if flex is not None and n in flex_sizes else []
-        rows += run_benchmark([n], methods, repeats=args.repeats, memory=False, progress=print)
+        order = {m.name: i for i, m in enumerate(methods)}
+        got = []
+        for m in [m for m in methods if m.name in too_slow]:  # as run_benchmark does across sizes
+            row = dict.fromkeys(("fwd_s", "fwd_bwd_s", "fwd_cpu_s", "fwd_bwd_cpu_s"), math.nan)
+            got.append(row | {"method": m.name, "n": n, "warmup_s": math.nan,
+                              "setup_s": math.nan, "peak_mib": None, "error": "skipped (too slow)"})  # fmt: skip
+        methods = [m for m in methods if m.name not in too_slow]
+        got += run_benchmark([n], methods, repeats=args.repeats, memory=False, skip_slow_s=SKIP_S,
+                             progress=print)  # fmt: skip
+        too_slow |= {r["method"] for r in got if r["fwd_s"] > SKIP_S or r["fwd_bwd_s"] > SKIP_S}
+        rows += sorted(got, key=lambda r: order[r["method"]])
     if not args.no_memory:  # second phase (changes malloc settings): every method, same inputs
         from kexue.attention.bench import peak_extra_mib
 

@@ -16,7 +16,8 @@ processes hits every variant alike; the ratio is the median over rounds of the p
 Timings on a machine shared with other jobs are indicative only; take final figures on an idle
 machine.
 
-Usage: ``python benchmarks/train.py [--steps 320] [--rounds 7] [--threads 1] [--quick]``.
+Usage: ``python benchmarks/train.py [--steps 320] [--rounds 7] [--threads 1] [--quick]
+[--snapshot PATH]``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from kexue import data
 from kexue.core.seed import seed_everything
+from kexue.report.bench import command_line, write_snapshot
 from kexue.train import TrainConfig, Trainer
 from kexue.train.data import epoch_batches
 
@@ -103,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="40 steps, 2 rounds (smoke)")
+    ap.add_argument(
+        "--snapshot", metavar="PATH", default=None,
+        help="also write the table as JSON (docs/results/bench/train.json: the README block "
+        "`make readme` renders)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.rounds = 40, 2
@@ -146,30 +153,41 @@ def main(argv: list[str] | None = None) -> int:
         ref = ts["bare PyTorch loop"]
         return statistics.median(b / t for b, t in zip(ref, ts[name], strict=True))
 
-    print(f"\n### Trainer vs a bare loop, README MNIST MLP, {args.steps} steps\n")
-    print("| loop | ms/step (median) | ms/step (fastest round) | speed vs bare (wall) "
-          "| speed vs bare (CPU time) | same final weights as bare |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---|")
+    out: list[str] = []
+    out.append(f"\n**Trainer vs a bare loop, README MNIST MLP, {args.steps} steps**\n")
+    out.append("| loop | ms/step (median) | ms/step (fastest round) | speed vs bare (wall) "
+               "| speed vs bare (CPU time) | same final weights as bare |")  # fmt: skip
+    out.append("|---|---:|---:|---:|---:|---|")
     ratio = {}
     for name, ts in times.items():
         ratio[name] = per_round_ratio(times, name)
-        print(
+        out.append(
             f"| {name} | {statistics.median(ts) / args.steps * 1e3:.3f} | "
             f"{min(ts) / args.steps * 1e3:.3f} | {ratio[name]:.2f}x | "
             f"{per_round_ratio(cpu, name):.2f}x | "
             f"{'yes (bit-identical)' if identical[name] else 'NO'} |"
         )
-    print(
+    out.append(
         "\nspeed vs bare: median over rounds of (bare time / this loop's time) in the same round; "
         "1.00x = no overhead. CPU time is the fairer figure on a shared machine (1 thread)."
     )
     met = ratio["Trainer (out_dir=None)"] >= 0.9
-    print("\n### Targets\n")
-    print("| target | met | value |")
-    print("|---|---|---:|")
-    print(f"| Trainer >= 0.9x a bare loop | {'yes' if met else 'NO'} | "
-          f"{ratio['Trainer (out_dir=None)']:.2f}x |")  # fmt: skip
-    print(f"| same weights at the same seed | {'yes' if all(identical.values()) else 'NO'} | |")
+    out.append("\n**Targets**\n")
+    out.append("| target | met | value |")
+    out.append("|---|---|---:|")
+    out.append(f"| Trainer >= 0.9x a bare loop | {'yes' if met else 'NO'} | "
+               f"{ratio['Trainer (out_dir=None)']:.2f}x |")  # fmt: skip
+    out.append(
+        f"| same weights at the same seed | {'yes' if all(identical.values()) else 'NO'} | |"
+    )
+    print("\n".join(out))
+    if args.snapshot:
+        write_snapshot(
+            args.snapshot, name="train",
+            command=command_line("benchmarks/train.py", sys.argv[1:] if argv is None else argv),
+            markdown="\n".join(out), data={"seconds": times, "cpu_seconds": cpu, "ratio": ratio},
+        )  # fmt: skip
+        print(f"snapshot: {args.snapshot}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

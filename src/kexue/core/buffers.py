@@ -58,8 +58,8 @@ def _mapped(nbytes: int, dtype: torch.dtype, item: int) -> torch.Tensor | None:
 
 def _populate(mm: mmap.mmap, flat: torch.Tensor, offset: int, nbytes: int, item: int) -> None:
     """Fault the mapping in now, from this thread alone (module doc): the kernel's populate
-    call, else one write per huge page (a 16-element strided fill, below torch's grain size, so
-    one thread)."""
+    call, else one write per huge page (a strided fill of a few elements, far below torch's
+    parallel grain size, so one thread)."""
     try:
         mm.madvise(_MADV_POPULATE_WRITE, offset, nbytes)
     except (OSError, ValueError):  # older kernel: the first write of each huge page faults it in

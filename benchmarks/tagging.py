@@ -16,7 +16,7 @@ time, so the minimum is the steadiest estimate; ratios come from the same run.
   set (``--no-ours``: jieba only, seconds).
 
 Usage: ``python benchmarks/tagging.py [--quick | --crf-only | --segmenters] [--repeats 7]
-[--no-struct]``. torch-struct is timed only for t*k <= 6400 and the reference path only for
+[--no-struct] [--snapshot PATH]``. torch-struct is timed only for t*k <= 6400 and the reference path only for
 t <= 128 (both take seconds per call).
 Targets (issue 4): CRF loss and Viterbi >= 3x faster than pytorch-crf at t=128, k=20;
 MEMM loss >= 5x faster than our CRF at t=512. Issue 14: ours >= 5 word-F1 points above jieba.
@@ -36,6 +36,7 @@ from collections.abc import Callable
 import torch
 
 from kexue.core.timing import time_calls
+from kexue.report.bench import command_line, tee_stdout, write_snapshot
 from kexue.tagging import CRF, MEMM, BiMEMM
 
 
@@ -157,7 +158,7 @@ def segmenters(ours: bool, extra: list[str]) -> None:
     from kexue import data
     from kexue.experiments.crf_memm_side import jieba_scores
 
-    print("\n### Word segmentation vs jieba, whole test sets (SIGHAN word F1 %)\n")
+    print("\n**Word segmentation vs jieba, whole test sets (SIGHAN word F1 %)**\n")
     print("| dataset | test sentences | jieba, raw text | jieba, normalised text | jieba chars/s "
           "| ours | ours train s | ours chars/s | ours − better jieba |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -179,7 +180,7 @@ def segmenters(ours: bool, extra: list[str]) -> None:
           "words -> L); jieba on both texts; 'better jieba' is the higher of its two F1.")  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="only t=128, k=20 and t=512, k=20")
@@ -195,9 +196,34 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="torch intra-op threads (1 is steadier on a busy machine)",
     )
-    args = ap.parse_args(argv)
+    ap.add_argument(
+        "--snapshot", metavar="PATH", default=None,
+        help="also write the printed tables as JSON (docs/results/bench/tagging.json: the README "
+        "block `make readme` renders)",
+    )  # fmt: skip
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.snapshot:
+        return _run(args)
+    with tee_stdout() as printed:
+        rc = _run(args)
+    write_snapshot(
+        args.snapshot, name="tagging-segmenters" if args.segmenters else "tagging",
+        command=command_line("benchmarks/tagging.py", sys.argv[1:] if argv is None else argv),
+        markdown=("" if args.segmenters else
+                  f"b={args.batch}, float32, best of {args.repeats} interleaved runs\n")
+        + printed.getvalue(),
+    )  # fmt: skip
+    print(f"snapshot: {args.snapshot}")
+    return rc
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.segmenters:
         segmenters(not args.no_ours, shlex.split(args.ours_args))
         return 0
@@ -213,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [(128, 20), (512, 20)]
     if args.crf_only:
         sizes = [(128, 20)]
-    print("\n### CRF loss forward+backward and Viterbi (ms, lower is better)\n")
+    print("\n**CRF loss forward+backward and Viterbi (ms, lower is better)**\n")
     print(
         "| t | k | loss: kexue fast | kexue reference | pytorch-crf | torch-struct | speed-up vs pytorch-crf "
         "| viterbi: kexue | pytorch-crf | torch-struct | speed-up vs pytorch-crf |"
@@ -239,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.crf_only:
         return 0
-    print("\n### Head loss forward+backward: MEMM / Bi-MEMM vs CRF (ms)\n")
+    print("\n**Head loss forward+backward: MEMM / Bi-MEMM vs CRF (ms)**\n")
     print("| t | k | CRF | MEMM | Bi-MEMM | CRF / MEMM | CRF / Bi-MEMM |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for t, k in [(128, 20), (512, 20)] if args.quick else sizes:

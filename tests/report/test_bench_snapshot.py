@@ -65,3 +65,13 @@ def test_snapshot_errors_name_the_file_or_argument(tmp_path):
 def test_command_line_drops_the_snapshot_path():
     argv = ["--threads", "2", "--snapshot", "docs/x.json", "--sizes", "8", "--snapshot=y.json"]
     assert command_line("benchmarks/a.py", argv) == "python benchmarks/a.py --threads 2 --sizes 8"
+
+
+def test_tee_stdout_records_and_still_prints(capsys):
+    from kexue.report.bench import tee_stdout
+
+    with tee_stdout() as rec:
+        print("| a |", flush=True)
+        print("row 2")
+    assert rec.getvalue() == "| a |\nrow 2\n"
+    assert capsys.readouterr().out == "| a |\nrow 2\n"

@@ -16,12 +16,16 @@ printed, on the machine the block names.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import sys
 import platform
 import re
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -70,6 +74,24 @@ def command_line(script: str, argv: list[str]) -> str:
         elif not a.startswith("--snapshot="):
             out.append(a)
     return " ".join(["python", script, *out])
+
+
+@contextlib.contextmanager
+def tee_stdout() -> Iterator[io.StringIO]:
+    """Record what the block prints to stdout while still printing it (for a script whose
+    tables print row by row as they are measured); yields the record."""
+    record, out = io.StringIO(), sys.stdout
+
+    class _Tee(io.TextIOBase):
+        def write(self, text: str) -> int:
+            record.write(text)
+            return out.write(text)
+
+        def flush(self) -> None:
+            out.flush()
+
+    with contextlib.redirect_stdout(_Tee()):
+        yield record
 
 
 def write_snapshot(

@@ -113,6 +113,52 @@ def test_viterbi_and_nbest_match_enumeration(p, nbest):
                 assert scores_n[i, r] == float("-inf") and (paths_n[i, r] == -1).all()
 
 
+def _viterbi_plain(em, pw, n):
+    """One sequence, a written-out Viterbi with stored back-pointers (first maximum wins)."""
+    k = len(em[0])
+    delta, back = list(em[0]), []
+    for s in range(1, n):
+        g = pw if not isinstance(pw[0][0], list) else pw[s]
+        ptr, new = [], []
+        for j in range(k):
+            cand = [delta[i] + g[i][j] for i in range(k)]
+            i_best = max(range(k), key=lambda i: (cand[i], -i))
+            ptr.append(i_best)
+            new.append(cand[i_best] + em[s][j])
+        back.append(ptr)
+        delta = new
+    tag = max(range(k), key=lambda j: (delta[j], -j))
+    score, path = delta[tag], [tag]
+    for ptr in reversed(back):
+        tag = ptr[tag]
+        path.append(tag)
+    return path[::-1], score
+
+
+@settings(max_examples=60)
+@given(st.integers(0, 2**16), st.booleans())
+def test_viterbi_equals_a_plain_loop_with_ties_and_padding(seed, per_step):
+    """Integer scores (so float32 is exact and ties are everywhere) with -1e4 penalties, shared
+    or per-step pairwise scores, rows of every length (the forward runs through padded steps):
+    path and score equal a plain loop's with stored back-pointers, ties to the lowest tag."""
+    g = torch.Generator().manual_seed(seed)
+    b, t, k = 3, 23, 5
+    em = torch.randint(-3, 4, (b, t, k), generator=g).float()
+    shape = (b, t, k, k) if per_step else (k, k)
+    pw = torch.randint(-2, 3, shape, generator=g).float()
+    pw[torch.rand(shape, generator=g) < 0.2] = -1e4
+    lengths = torch.randint(1, t + 1, (b,), generator=g)
+    mask = torch.arange(t)[None] < lengths[:, None]
+    path, score = viterbi_decode(em, pw, mask)
+    for i in range(b):
+        n = int(lengths[i])
+        ref_path, ref_score = _viterbi_plain(
+            em[i].tolist(), (pw[i] if per_step else pw).tolist(), n
+        )
+        assert path[i, :n].tolist() == ref_path and (path[i, n:] == -1).all()
+        assert float(score[i]) == ref_score
+
+
 def test_fast_equals_reference_float32_large():
     em, tags, lengths = make(16, 40, 9, seed=3)
     em = (em * 3).float().requires_grad_(True)

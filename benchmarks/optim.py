@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         "--snapshot",
         metavar="PATH",
         default=None,
-        help="also write the tables and raw timings as JSON (docs/results/bench/optim-lookahead.json"
-        " with --lookahead-only: the README block `make readme` renders)",
+        help="also write the tables and raw timings as JSON (docs/results/bench/optim.json: the "
+        "README block `make readme` renders; a --lookahead-only run is named optim-lookahead)",
     )
     args = ap.parse_args(argv)
     if args.threads:

@@ -31,6 +31,7 @@ from torch import nn
 from kexue.analysis import hessian_top_eigenvalue
 from kexue.analysis.recipe import classification_loss, mnist_tensors, vgg_cnn
 from kexue.core.timing import ratio_text, time_calls
+from kexue.report.bench import add_snapshot_option, run_recorded
 
 
 def _pyhessian_estimate(model: nn.Module, batch, iters: int) -> float:
@@ -52,12 +53,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a busy box)")
     ap.add_argument("--small", action="store_true", help="widths 4 8, batch 32, 3 iters, 1 repeat")
+    add_snapshot_option(ap, "analysis")
     args = ap.parse_args(argv)
     if args.small:
         args.iters, args.batch, args.widths, args.repeats = 3, 32, [4, 8], 1
     for name in ("iters", "batch", "repeats", "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be >= 1")
+    return run_recorded(
+        lambda: _run(args),
+        args.snapshot,
+        name="analysis",
+        script="benchmarks/analysis.py",
+        argv=argv,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     try:
         import pyhessian  # noqa: F401
@@ -68,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = mnist_tensors("train", args.batch)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
-        f"# kexue.analysis: top Hessian eigenvalue, {args.iters} HVPs, batch {args.batch}, "
+        f"**kexue.analysis: top Hessian eigenvalue**, {args.iters} HVPs, batch {args.batch}, "
         f"widths {tuple(args.widths)}, torch {torch.__version__}, {args.threads} thread(s), "
         f"{platform.processor() or platform.machine()}, load average {load:.2f}\n"
     )

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 
 from kexue.init import geometric_init_, orthogonal_
+from kexue.report.bench import add_snapshot_option, run_recorded
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> float | str:
@@ -49,7 +50,14 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a busy box)")
+    add_snapshot_option(p, "init")
     args = p.parse_args()
+    run_recorded(
+        lambda: _run(args), args.snapshot, name="init", script="benchmarks/init.py", argv=None
+    )
+
+
+def _run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []

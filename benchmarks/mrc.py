@@ -27,6 +27,7 @@ import torch
 from kexue import data
 from kexue.lm import build_tokenizer, load_pretrained, tiny_bert_config
 from kexue.mrc import ARReader, MLMReader, SpanReader
+from kexue.report.bench import add_snapshot_option, run_recorded
 
 
 @contextlib.contextmanager
@@ -64,9 +65,16 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
+    add_snapshot_option(ap, "mrc")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    run_recorded(
+        lambda: _run(args), args.snapshot, name="mrc", script="benchmarks/mrc.py", argv=None
+    )
+
+
+def _run(args: argparse.Namespace) -> None:
     L, q_len, p_len = (16, 32, 128) if args.small else (32, 64, 256)
     n = args.questions or (16 if args.small else 128)
     records = data.load("cmrc2018", "trial")[:n]

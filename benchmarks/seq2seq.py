@@ -19,6 +19,7 @@ import argparse
 import torch
 
 from kexue.core.timing import peak_extra_mib, time_calls
+from kexue.report.bench import add_snapshot_option, run_recorded
 from kexue.seq2seq import (
     BidirectionalSeq2Seq,
     Seq2Seq,
@@ -59,8 +60,15 @@ def main() -> None:
     )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    add_snapshot_option(ap, "seq2seq")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    run_recorded(
+        lambda: _run(args), args.snapshot, name="seq2seq", script="benchmarks/seq2seq.py", argv=None
+    )
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.small:
         v, d, heads, layers, ffn, b, s, n = 500, 64, 2, 1, 256, 4, 32, 16
     else:
@@ -108,7 +116,7 @@ def main() -> None:
                for m in (n // 2, n, 2 * n)}  # fmt: skip
     tps = {k: b * n / sec for k, sec in t.items()}
     print(
-        f"## kexue.seq2seq generation, b={b}, source {s}, {n} new tokens, fp32, {args.threads} threads\n"
+        f"**kexue.seq2seq generation, b={b}, source {s}, {n} new tokens, fp32, {args.threads} threads**\n"
     )
     print(f"Parameters: ours {n_params['ours'] / 1e6:.2f}M, BART {n_params['bart'] / 1e6:.2f}M, "
           f"bidirectional {n_params['bi'] / 1e6:.2f}M (d={d}, {layers}+{layers} layers, V={v})\n")  # fmt: skip

@@ -36,7 +36,7 @@ from collections.abc import Callable
 import torch
 
 from kexue.core.timing import time_calls
-from kexue.report.bench import command_line, tee_stdout, write_snapshot
+from kexue.report.bench import add_snapshot_option, run_recorded
 from kexue.tagging import CRF, MEMM, BiMEMM
 
 
@@ -196,11 +196,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="torch intra-op threads (1 is steadier on a busy machine)",
     )
-    ap.add_argument(
-        "--snapshot", metavar="PATH", default=None,
-        help="also write the printed tables as JSON (docs/results/bench/tagging.json: the README "
-        "block `make readme` renders)",
-    )  # fmt: skip
+    add_snapshot_option(ap, "tagging")
     return ap
 
 
@@ -208,19 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.snapshot:
-        return _run(args)
-    with tee_stdout() as printed:
-        rc = _run(args)
-    write_snapshot(
-        args.snapshot, name="tagging-segmenters" if args.segmenters else "tagging",
-        command=command_line("benchmarks/tagging.py", sys.argv[1:] if argv is None else argv),
-        markdown=("" if args.segmenters else
-                  f"b={args.batch}, float32, best of {args.repeats} interleaved runs\n")
-        + printed.getvalue(),
-    )  # fmt: skip
-    print(f"snapshot: {args.snapshot}")
-    return rc
+    name = "tagging-segmenters" if args.segmenters else "tagging"
+    return run_recorded(
+        lambda: _run(args), args.snapshot, name=name, script="benchmarks/tagging.py", argv=argv
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -228,6 +215,7 @@ def _run(args: argparse.Namespace) -> int:
         segmenters(not args.no_ours, shlex.split(args.ours_args))
         return 0
     b = args.batch
+    print(f"b={b}, float32, best of {args.repeats} interleaved runs")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "

@@ -24,6 +24,7 @@ import sys
 import torch
 
 from kexue.core.timing import peak_extra_mib, ratio_text, time_calls
+from kexue.report.bench import add_snapshot_option, run_recorded
 from kexue.vq import PixelCNNPrior, VectorQuantizer, code_statistics
 
 
@@ -133,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="n=4096, K in {64, 512}, 20 usage steps")
     ap.add_argument("--repeats", type=int, default=3)
+    add_snapshot_option(ap, "vq")
     args = ap.parse_args(argv)
+    return run_recorded(
+        lambda: _run(args), args.snapshot, name="vq", script="benchmarks/vq.py", argv=argv
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
     if _peer() is None:
         print("vector-quantize-pytorch is not installed (pip install -e '.[peers]'): "
               "kexue only", file=sys.stderr)  # fmt: skip

@@ -16,16 +16,17 @@ printed, on the machine the block names.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
 import os
-import sys
 import platform
 import re
+import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -92,6 +93,45 @@ def tee_stdout() -> Iterator[io.StringIO]:
 
     with contextlib.redirect_stdout(_Tee()):
         yield record
+
+
+def add_snapshot_option(parser: argparse.ArgumentParser, name: str) -> None:
+    """Give a benchmark script the ``--snapshot PATH`` option of :func:`run_recorded`."""
+    parser.add_argument(
+        "--snapshot",
+        metavar="PATH",
+        default=None,
+        help=f"also write what this run prints as JSON (docs/results/bench/{name}.json: the "
+        "README block `make readme` renders)",
+    )
+
+
+def run_recorded(
+    run: Callable[[], Any],
+    snapshot: str | None,
+    *,
+    name: str,
+    script: str,
+    argv: Sequence[str] | None = None,
+    data: Callable[[], Any] | None = None,
+) -> Any:
+    """Run a benchmark (``run()``, which prints its tables to stdout); with ``snapshot`` set,
+    record what it printed and write it as snapshot ``name`` (:func:`write_snapshot`) once it
+    has finished. ``argv`` defaults to ``sys.argv[1:]``; ``data()`` supplies raw measurements."""
+    if snapshot is None:
+        return run()
+    with tee_stdout() as printed:
+        out = run()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    write_snapshot(
+        snapshot,
+        name=name,
+        command=command_line(script, argv),
+        markdown=printed.getvalue(),
+        data=None if data is None else data(),
+    )
+    print(f"snapshot: {snapshot}")
+    return out
 
 
 def write_snapshot(

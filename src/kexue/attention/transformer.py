@@ -54,10 +54,12 @@ class DecoderCache:
         """Number of decoded positions so far."""
         return self.self_attn.length
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows ``index (b',)`` in place (beam search)."""
+    def reorder(self, index: torch.Tensor, *, source: bool = True) -> None:
+        """Select batch rows ``index (b',)`` in place (beam search); ``source=False`` leaves the
+        cross-attention keys alone (rows that are copies of one another: beams of one source)."""
         self.self_attn.reorder(index)
-        self.cross_attn.reorder(index)
+        if source:
+            self.cross_attn.reorder(index)
 
 
 class TransformerEncoderBlock(nn.Module):

@@ -129,7 +129,9 @@ def beam_search(
 
     Args:
         model: a :class:`Seq2Seq` (``config`` with ``pad_id/bos_id/eos_id``, ``init_state``,
-            ``step``) in eval mode.
+            ``step``) in eval mode. Its state's ``reorder(rows)`` keeps batch rows; a state may
+            also offer ``reorder_beams(rows)``, called when rows only move among the beams of
+            each example, which may leave the per-source rows (all copies) where they are.
         src: ``(b, s)`` source ids.
         src_mask: ``(b, s)`` bool (default ``src != pad_id``).
         beam_size: ``k`` (1: greedy).
@@ -211,7 +213,10 @@ def beam_search(
             break
         keep = (~done).nonzero()[:, 0]
         rows = (keep[:, None] * k + src_beam[keep]).reshape(-1)  # batch rows to carry on
-        state.reorder(rows)
+        if len(keep) == ba and hasattr(state, "reorder_beams"):  # optional in the protocol
+            state.reorder_beams(rows)  # beams of one example share their source-side rows
+        else:
+            state.reorder(rows)
         ex, alive_sc, alive_tok = ex[keep], alive_sc[keep], alive_tok[keep]
         last = alive_tok[:, :, -1].reshape(-1)
 

@@ -106,14 +106,20 @@ class BiDecodeState:
     kv_l2r: list[torch.Tensor] = field(default_factory=list)
     kv_r2l: list[torch.Tensor] = field(default_factory=list)
 
-    def reorder(self, idx_l2r: torch.Tensor, idx_r2l: torch.Tensor) -> None:
-        """Keep flat rows ``idx_* (b' * beam,)`` of each direction (beam moves, dropped examples)."""
-        self.l2r.reorder(idx_l2r)
-        self.r2l.reorder(idx_r2l)
+    def reorder(self, idx_l2r: torch.Tensor, idx_r2l: torch.Tensor, *, source: bool = True) -> None:
+        """Keep flat rows ``idx_* (b' * beam,)`` of each direction (beam moves, dropped examples;
+        ``source=False``: beam moves only, see :meth:`DecodeState.reorder`)."""
+        self.l2r.reorder(idx_l2r, source=source)
+        self.r2l.reorder(idx_r2l, source=source)
         for kv, idx in ((self.kv_l2r, idx_l2r), (self.kv_r2l, idx_r2l)):
             for j, x in enumerate(kv):
                 flat = rearrange(x, "b k h n e -> (b k) h n e")[idx]
                 kv[j] = rearrange(flat, "(b k) h n e -> b k h n e", k=self.beam)
+
+    def reorder_beams(self, idx_l2r: torch.Tensor, idx_r2l: torch.Tensor) -> None:
+        """:meth:`reorder` for moves among the beams of each example, none dropped: the
+        source-side rows stay (:meth:`DecodeState.reorder_beams`)."""
+        self.reorder(idx_l2r, idx_r2l, source=False)
 
 
 class BidirectionalSeq2Seq(nn.Module):

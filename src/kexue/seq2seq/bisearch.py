@@ -103,7 +103,9 @@ def bidirectional_beam_search(
     Args:
         model: a :class:`kexue.seq2seq.BidirectionalSeq2Seq` in eval mode (anything with
             ``config`` (``pad_id/bos_id/eos_id``), ``bi_init(src, src_mask, beam)``,
-            ``bi_step(state, tok_l2r, tok_r2l)`` and ``state.reorder(idx_l2r, idx_r2l)``).
+            ``bi_step(state, tok_l2r, tok_r2l)`` and ``state.reorder(idx_l2r, idx_r2l)``; a state
+            may also offer ``reorder_beams`` with the same arguments, called when no example
+            was dropped, which may leave the per-source rows where they are).
         src: ``(b, s)`` source ids.
         src_mask: ``(b, s)`` bool (default ``src != pad_id``).
         beam_size: ``B`` prefixes per direction.
@@ -200,7 +202,11 @@ def bidirectional_beam_search(
             break
         assert i < max_len, "every hypothesis ends at step max_len"
         keep = (~done).nonzero()[:, 0]
-        state.reorder(rows[0][keep].reshape(-1), rows[1][keep].reshape(-1))
+        idx = (rows[0][keep].reshape(-1), rows[1][keep].reshape(-1))
+        if len(keep) == len(done) and hasattr(state, "reorder_beams"):  # optional in the protocol
+            state.reorder_beams(*idx)  # beams of one example share their source-side rows
+        else:
+            state.reorder(*idx)
         ex = ex[keep]
         for d in range(2):
             s[d], fin[d], hyp[d] = s[d][keep], fin[d][keep], hyp[d][keep]

@@ -127,13 +127,26 @@ class DecodeState:
     length: int = 0
     bag: torch.Tensor | None = None
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows ``index (b',)`` (beam reordering, dropping finished examples) in place."""
-        self.memory, self.memory_mask = self.memory[index], self.memory_mask[index]
-        if self.bag is not None:
-            self.bag = self.bag[index]
+    def reorder(self, index: torch.Tensor, *, source: bool = True) -> None:
+        """Keep rows ``index (b',)`` (beam reordering, dropping finished examples) in place.
+
+        ``source=False`` moves only the target side (self-attention keys and values): for a
+        reordering among the beams of each example, whose source-side rows (encoder memory, its
+        mask, the copy bag, cross-attention keys and values) are copies of one another, so that
+        moving them changes no value. Copying them anyway was a third of beam search's time
+        (the whole memory and every layer's cross-attention keys, at every step).
+        """
+        if source:
+            self.memory, self.memory_mask = self.memory[index], self.memory_mask[index]
+            if self.bag is not None:
+                self.bag = self.bag[index]
         for c in self.caches:
-            c.reorder(index)
+            c.reorder(index, source=source)
+
+    def reorder_beams(self, index: torch.Tensor) -> None:
+        """:meth:`reorder` for moves among the beams of each example, none dropped (the optional
+        fast path of the decoding-state protocol that beam search uses): target side only."""
+        self.reorder(index, source=False)
 
 
 def _source_mask(src: torch.Tensor, src_mask: torch.Tensor | None, pad_id: int) -> torch.Tensor:

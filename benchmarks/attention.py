@@ -40,7 +40,7 @@ from kexue.attention.bench import (
     time_method,
 )
 from kexue.core.timing import heap_reuse
-from kexue.report.bench import command_line, write_snapshot
+from kexue.report.bench import add_snapshot_option, command_line, write_snapshot
 
 
 def _get(rows, method, n, key="fwd_bwd_s"):
@@ -116,11 +116,7 @@ def main() -> None:
         "--heap-reuse", action="store_true",
         help="glibc serves every allocation from its heap during the timings (no mmap)",
     )  # fmt: skip
-    p.add_argument(
-        "--snapshot", metavar="PATH", default=None,
-        help="also write the summary and rows as JSON (docs/results/bench/attention.json: the "
-        "README block `make readme` renders)",
-    )  # fmt: skip
+    add_snapshot_option(p, "attention")
     args = p.parse_args()
     if args.heap_reuse:  # peaks need freed memory back at the OS: they come from a default run
         args.no_memory = True
@@ -136,23 +132,14 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - FlexAttention needs a recent torch
             print(f"FlexAttention unavailable: {type(exc).__name__}: {exc}")
     flex_sizes = set(args.flex_sizes or [max(args.sizes)])
-    rows, too_slow = [], set()
+    rows, too_slow = [], set()  # a method over SKIP_S at one size is skipped at larger ones
     for n in sorted(set(args.sizes) | (flex_sizes if flex else set())):
         # Flex joins the round-robin of its sizes: timed under the same conditions as ours
         # (a separate phase after SDPA full's multi-second calls favoured whichever ran alone)
         methods = [m for m in default_methods() if n in args.sizes]
         methods += [flex] if flex is not None and n in flex_sizes else []
-        order = {m.name: i for i, m in enumerate(methods)}
-        got = []
-        for m in [m for m in methods if m.name in too_slow]:  # as run_benchmark does across sizes
-            row = dict.fromkeys(("fwd_s", "fwd_bwd_s", "fwd_cpu_s", "fwd_bwd_cpu_s"), math.nan)
-            got.append(row | {"method": m.name, "n": n, "warmup_s": math.nan,
-                              "setup_s": math.nan, "peak_mib": None, "error": "skipped (too slow)"})  # fmt: skip
-        methods = [m for m in methods if m.name not in too_slow]
-        got += run_benchmark([n], methods, repeats=args.repeats, memory=False, skip_slow_s=SKIP_S,
-                             progress=print)  # fmt: skip
-        too_slow |= {r["method"] for r in got if r["fwd_s"] > SKIP_S or r["fwd_bwd_s"] > SKIP_S}
-        rows += sorted(got, key=lambda r: order[r["method"]])
+        rows += run_benchmark([n], methods, repeats=args.repeats, memory=False,
+                              skip_slow_s=SKIP_S, progress=print, too_slow=too_slow)  # fmt: skip
     if not args.no_memory:  # second phase (changes malloc settings): every method, same inputs
         from kexue.attention.bench import peak_extra_mib
 

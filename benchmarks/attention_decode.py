@@ -27,7 +27,7 @@ from torch import nn
 
 from kexue.attention import TransformerDecoderBlock
 from kexue.core.timing import peak_extra_mib, time_calls
-from kexue.report.bench import command_line, write_snapshot
+from kexue.report.bench import add_snapshot_option, command_line, write_snapshot
 
 
 class LocalLM(nn.Module):
@@ -76,11 +76,7 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument(
-        "--snapshot", metavar="PATH", default=None,
-        help="also write the table as JSON (docs/results/bench/attention-decode.json: the README "
-        "block `make readme` renders)",
-    )  # fmt: skip
+    add_snapshot_option(p, "attention-decode")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

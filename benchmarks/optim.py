@@ -22,7 +22,7 @@ import sys
 import torch
 
 from kexue.optim.bench import embedding_step_times, lookahead_overhead
-from kexue.report.bench import command_line, write_snapshot
+from kexue.report.bench import add_snapshot_option, command_line, write_snapshot
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,13 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         "--lookahead-only", action="store_true", help="only the Lookahead overhead table"
     )
     ap.add_argument("--rounds", type=int, default=0, help="Lookahead rounds (0: 40, quick 10)")
-    ap.add_argument(
-        "--snapshot",
-        metavar="PATH",
-        default=None,
-        help="also write the tables and raw timings as JSON (docs/results/bench/optim.json: the "
-        "README block `make readme` renders; a --lookahead-only run is named optim-lookahead)",
-    )
+    add_snapshot_option(ap, "optim")  # a --lookahead-only run is named optim-lookahead
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from kexue import data
 from kexue.core.seed import seed_everything
-from kexue.report.bench import command_line, write_snapshot
+from kexue.report.bench import add_snapshot_option, command_line, write_snapshot
 from kexue.train import TrainConfig, Trainer
 from kexue.train.data import epoch_batches
 
@@ -105,11 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="40 steps, 2 rounds (smoke)")
-    ap.add_argument(
-        "--snapshot", metavar="PATH", default=None,
-        help="also write the table as JSON (docs/results/bench/train.json: the README block "
-        "`make readme` renders)",
-    )  # fmt: skip
+    add_snapshot_option(ap, "train")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.rounds = 40, 2

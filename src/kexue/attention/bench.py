@@ -162,6 +162,7 @@ def run_benchmark(
     memory: bool = True,
     skip_slow_s: float = 120.0,
     progress: Callable[[str], None] | None = None,
+    too_slow: set[str] | None = None,
 ) -> list[dict]:
     """Time every method at every size, then (second phase) measure peak memory.
 
@@ -183,6 +184,8 @@ def run_benchmark(
         memory: also measure peak extra memory.
         skip_slow_s: skip larger sizes of a method once one fwd+bwd exceeds this.
         progress: called with a line per measurement.
+        too_slow: names of methods already over ``skip_slow_s`` (skipped here; updated in
+            place, so consecutive calls, one size each, skip like one call over all sizes).
 
     Returns:
         Rows ``{"method", "n", "fwd_s", "fwd_bwd_s", "fwd_cpu_s", "fwd_bwd_cpu_s", "warmup_s",
@@ -190,7 +193,8 @@ def run_benchmark(
         exception text).
     """
     check_positive_int(repeats, "repeats")
-    rows, built, too_slow = [], {}, set()
+    rows, built = [], {}
+    too_slow = set() if too_slow is None else too_slow
 
     def fail(row: dict, exc: Exception) -> None:
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"

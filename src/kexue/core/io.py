@@ -222,3 +222,75 @@ def check_out_dir(out: str | os.PathLike, *, resume: bool = False, overwrite: bo
             "or --resume to continue an interrupted run"
         )
     return path
+
+
+DIR_MANIFEST = "kexue_manifest.json"
+
+
+def write_dir_manifest(
+    directory: str | os.PathLike, *, extra: dict[str, Any] | None = None, name: str = DIR_MANIFEST
+) -> Path:
+    """Record the size and SHA-256 of every regular file directly in ``directory`` (not in its
+    sub-directories, such as training checkpoints, which carry their own manifests; the
+    manifest itself and hidden files excluded) in ``directory/name``, atomically.
+
+    ``extra`` (any JSON object) is stored beside the file table under its own keys; it must not
+    use the key ``"files"``.
+
+    Returns:
+        The manifest's path.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"not a directory: {root}")
+    files = {}
+    for p in sorted(root.iterdir()):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel != name and not rel.startswith("."):
+            files[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+    extra = dict(extra or {})
+    if "files" in extra:
+        raise ValueError("extra must not use the key 'files'")
+    return atomic_write_json(root / name, {**extra, "files": files})
+
+
+def verify_dir_manifest(
+    directory: str | os.PathLike, *, name: str = DIR_MANIFEST, required: bool = False
+) -> dict[str, Any] | None:
+    """Check every file listed in ``directory/name`` against its recorded size and SHA-256.
+
+    Args:
+        directory: a directory written with :func:`write_dir_manifest`.
+        name: the manifest's file name.
+        required: raise when there is no manifest (else return ``None``: directories written
+            before manifests existed, or by other tools, still load).
+
+    Returns:
+        The manifest (``None`` when absent and not ``required``).
+
+    Raises:
+        ValueError: a one-line message naming the first missing, resized or changed file, or a
+            manifest that is not valid JSON.
+        FileNotFoundError: no manifest and ``required``.
+    """
+    root = Path(directory)
+    mf = root / name
+    if not mf.is_file():
+        if required:
+            raise FileNotFoundError(f"{root}: no {name} (not a kexue model directory)")
+        return None
+    try:
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        items = [(k, int(v["size"]), str(v["sha256"])) for k, v in files.items()]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{mf}: corrupt manifest (not the JSON kexue writes)") from None
+    for rel, size, digest in items:
+        p = root / rel
+        if not p.is_file():
+            raise ValueError(f"{p}: missing (listed in {mf.name})")
+        if p.stat().st_size != size:
+            raise ValueError(f"{p}: corrupt or truncated (size differs from {mf.name})")
+        if sha256_file(p) != digest:
+            raise ValueError(f"{p}: corrupt (sha256 differs from {mf.name})")
+    return manifest

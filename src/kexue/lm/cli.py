@@ -9,12 +9,13 @@ under ``torchrun`` unchanged and continues an interrupted run with ``--resume``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from typing import Any
 
 from kexue.core.io import check_out_dir
-from kexue.lm.pretraining import PretrainConfig, chinese_texts, evaluate_mlm, pretrain
+from kexue.lm.pretraining import PRESETS, PretrainConfig, chinese_texts, evaluate_mlm, pretrain
 
 _FIELDS = {  # flag -> PretrainConfig field
     "hidden_size": "hidden", "num_layers": "layers", "num_heads": "heads", "max_len": "max_len",
@@ -32,6 +33,13 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     d = PretrainConfig()
     p = sub.add_parser("pretrain", help="MLM pretraining on chinese-text", formatter_class=fmt)
     p.add_argument("--out", required=True, metavar="DIR", help="output HF model directory")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a named recipe (zh-char-bert rebuilds the shipped model); explicit flags that "
+        "differ from their defaults override it",
+    )
     p.add_argument("--hidden", type=int, default=d.hidden_size, help="hidden size")
     p.add_argument("--layers", type=int, default=d.num_layers)
     p.add_argument("--heads", type=int, default=d.num_heads)
@@ -61,7 +69,14 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Handler of ``kexue lm pretrain``."""
-    cfg = PretrainConfig(**{f: getattr(args, a) for f, a in _FIELDS.items()})
+    given = {f: getattr(args, a) for f, a in _FIELDS.items()}
+    if args.preset is None:
+        cfg = PretrainConfig(**given)
+    else:  # a flag left at its parser default keeps the preset's value
+        base, d = PRESETS[args.preset], PretrainConfig()
+        cfg = dataclasses.replace(
+            base, **{f: v for f, v in given.items() if v != getattr(d, f)}
+        )
     out = check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume and not (out / "trainer" / "checkpoints").is_dir():
         raise FileNotFoundError(f"--resume: no checkpoints under {out / 'trainer'}")

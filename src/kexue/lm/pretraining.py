@@ -33,12 +33,13 @@ from typing import Any
 import torch
 
 from kexue.core.checks import check_positive_int
-from kexue.core.io import atomic_write_json
+from kexue.core.io import atomic_write_json, write_dir_manifest
 from kexue.core.seed import seed_everything
 from kexue.lm.model import save_pretrained, tiny_bert_config
 from kexue.lm.tokenizer import build_tokenizer, encode_chars
 
 __all__ = [
+    "PRESETS",
     "PretrainConfig",
     "cache_dir",
     "cached_pretrained",
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 CACHE_ENV = "KEXUE_CACHE"
+ARCHS = ("bert", "prelayernorm")
 DONE = "pretrain_done.json"
 
 
@@ -67,8 +69,18 @@ class PretrainConfig:
         steps / batch_size / lr / warmup / weight_decay / grad_clip: optimisation (AdamW,
             linear warm-up then linear decay to 0).
         mask_prob: fraction of positions predicted.
-        dropout: hidden and attention dropout.
+        dropout: hidden and attention dropout (Cramming: none in pretraining).
+        arch: ``"bert"`` (post-LN ``BertForMaskedLM``, the shipped kind: every kexue tool and
+            every HF BERT loader takes it) or ``"prelayernorm"`` (pre-LN,
+            ``RobertaPreLayerNormForMaskedLM``; an ablation arm).
+        bias: False removes the biases of the QKV, attention-output and FFN linears (Cramming;
+            no HF class loads such a model, so it is an ablation arm only).
         seed: seeds the model init and the masking.
+
+    The defaults follow the equal-CPU-time ablation of ``benchmarks/lm_ablation.py`` (Cramming,
+    Geiping & Goldstein 2022, adapted to 2 CPU cores): no dropout, a one-cycle learning rate
+    (linear warm-up to ``lr`` then linear decay to 0) peaking at 1e-3, clipping at 0.5, and the
+    vocabulary projection only at the masked positions.
     """
 
     hidden_size: int = 128
@@ -83,12 +95,14 @@ class PretrainConfig:
     valid_texts: int = 0
     steps: int = 2000
     batch_size: int = 32
-    lr: float = 5e-4
+    lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    grad_clip: float = 0.5
     mask_prob: float = 0.15
-    dropout: float = 0.1
+    dropout: float = 0.0
+    arch: str = "bert"
+    bias: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -120,6 +134,10 @@ class PretrainConfig:
         d = self.dropout
         if not isinstance(d, int | float) or isinstance(d, bool) or not 0 <= d < 1:
             raise ValueError(f"PretrainConfig.dropout must be in [0, 1), got {d!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"PretrainConfig.arch must be one of {ARCHS}, got {self.arch!r}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"PretrainConfig.bias must be a bool, got {self.bias!r}")
         for name in ("weight_decay", "grad_clip"):
             v = getattr(self, name)
             if not isinstance(v, int | float) or isinstance(v, bool) or not v >= 0:
@@ -130,9 +148,39 @@ class PretrainConfig:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """12 hex digits of the SHA-256 of the sorted-key JSON of the fields (the cache key)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """12 hex digits of the SHA-256 of the sorted-key JSON of the fields (the cache key).
+
+        Fields at their default that older configs lacked (``arch``, ``bias``) are left out, so
+        a config written before they existed keeps its key.
+        """
+        d = self.to_dict()
+        for name, default in (("arch", "bert"), ("bias", True)):
+            if d[name] == default:
+                del d[name]
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+#: Named pretraining recipes (``kexue lm pretrain --preset NAME``). ``zh-char-bert`` is the
+#: model shipped in the package (:func:`kexue.lm.shipped_dir`): BERT-mini's shape (4 x 256,
+#: as RoBERTa-Mini), sized so that one run fits about 1.5 h on 2 CPU cores.
+PRESETS: dict[str, PretrainConfig] = {
+    "zh-char-bert": PretrainConfig(
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        max_positions=512,
+        max_len=128,
+        steps=2600,
+        batch_size=64,
+        lr=1e-3,
+        warmup=150,
+        grad_clip=0.5,
+        dropout=0.0,
+        mask_prob=0.15,
+        seed=0,
+    ),
+}
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -291,6 +339,66 @@ def evaluate_mlm(
 
 
 # -- training ----------------------------------------------------------------------------------
+def build_mlm(cfg: PretrainConfig, vocab_size: int) -> Any:
+    """A freshly initialised masked LM of ``cfg``'s shape (seed before calling it).
+
+    ``arch="bert"``: ``BertForMaskedLM`` (post-LN). ``arch="prelayernorm"``:
+    ``RobertaPreLayerNormForMaskedLM`` (pre-LN; RoBERTa positions start at ``pad + 1``, so its
+    table has 2 more rows). ``bias=False`` removes every encoder ``nn.Linear`` bias (QKV,
+    attention output, FFN), as Cramming does; no HF class can reload such a model.
+    Input and output embeddings are tied in both.
+    """
+    if cfg.arch == "bert":
+        from transformers import BertForMaskedLM
+
+        bert_cfg = tiny_bert_config(
+            vocab_size,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            intermediate_size=cfg.intermediate_size or None,
+            max_positions=cfg.max_positions,
+            dropout=cfg.dropout,
+        )
+        model = BertForMaskedLM(bert_cfg)
+    else:
+        from transformers import RobertaPreLayerNormConfig, RobertaPreLayerNormForMaskedLM
+
+        rcfg = RobertaPreLayerNormConfig(
+            vocab_size=vocab_size,
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            intermediate_size=cfg.intermediate_size or 4 * cfg.hidden_size,
+            max_position_embeddings=cfg.max_positions + 2,
+            hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout,
+            type_vocab_size=2,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+        )
+        model = RobertaPreLayerNormForMaskedLM(rcfg)
+    if not cfg.bias:
+        for mod in model.base_model.encoder.modules():
+            if isinstance(mod, torch.nn.Linear):
+                mod.register_parameter("bias", None)
+    return model
+
+
+def encoder_and_head(model: Any) -> tuple[Any, Any] | None:
+    """``(encoder, MLM head)`` of a bare HF masked LM (``None`` for a wrapper such as DDP).
+
+    The head maps ``(k, d)`` hidden states to ``(k, v)`` logits, so a caller can project only
+    the ``k`` masked positions instead of all ``b n``.
+    """
+    if hasattr(model, "bert") and hasattr(model, "cls"):
+        return model.bert, model.cls
+    if hasattr(model, "roberta_prelayernorm") and hasattr(model, "lm_head"):
+        return model.roberta_prelayernorm, model.lm_head
+    return None
+
+
 def pretrain(
     cfg: PretrainConfig,
     out_dir: str | os.PathLike,
@@ -312,8 +420,6 @@ def pretrain(
         ``{"history": Trainer history, "eval": evaluate_mlm on held-out text, "initial_loss",
         "final_loss", "vocab_size", "chunks"}``.
     """
-    from transformers import BertForMaskedLM
-
     from kexue.train import TrainConfig, Trainer, is_main_process, unwrap
 
     out = Path(out_dir)
@@ -321,16 +427,7 @@ def pretrain(
     train_texts = chinese_texts("train", cfg.max_texts) if texts is None else list(texts[0])
     tokenizer = build_tokenizer(train_texts, min_freq=cfg.min_freq, max_size=cfg.max_vocab or None)
     chunks = pack_texts([encode_chars(tokenizer, t) for t in train_texts], cfg.max_len - 2)
-    bert_cfg = tiny_bert_config(
-        len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        num_layers=cfg.num_layers,
-        num_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size or None,
-        max_positions=cfg.max_positions,
-        dropout=cfg.dropout,
-    )
-    model = BertForMaskedLM(bert_cfg)
+    model = build_mlm(cfg, len(tokenizer))
     cls_id, sep_id, mask_id = (
         tokenizer.cls_token_id,
         tokenizer.sep_token_id,
@@ -348,9 +445,11 @@ def pretrain(
 
     def loss_fn(m: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         sel = batch["labels"] != -100
-        if hasattr(m, "bert") and hasattr(m, "cls"):  # bare model: the head on chosen slots only
-            h = m.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            logits = m.cls(h.last_hidden_state[sel])
+        parts = encoder_and_head(m)
+        if parts is not None:  # bare model: the vocabulary projection on chosen slots only
+            enc, head = parts
+            h = enc(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            logits = head(h.last_hidden_state[sel])
         else:  # DDP wrapper: call it whole so gradients synchronise
             out = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             logits = out.logits[sel]
@@ -416,9 +515,10 @@ def pretrain(
         "chunks": len(chunks),
     }
     if is_main_process():
-        save_pretrained(bare, tokenizer, out)
+        save_pretrained(bare, tokenizer, out, manifest=False)
         atomic_write_json(out / "pretrain_config.json", cfg.to_dict())
         atomic_write_json(out / "pretrain_eval.json", result)
+        write_dir_manifest(out)  # last: it covers the two files above
     return result
 
 

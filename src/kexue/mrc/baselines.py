@@ -27,11 +27,12 @@ import torch
 from torch.nn import functional as F
 
 from kexue.core.checks import check_positive_int
-from kexue.mrc.features import char_ids, collate, normalize_passage, windows
+from kexue.mrc.features import answer_in_window, char_ids, collate, normalize_passage, windows
 from kexue.mrc.reader import (
     PassageConstraint,
     _pick,
     best_answer,
+    best_per_passage,
     check_question,
     set_reader_limits,
 )
@@ -94,24 +95,26 @@ class _WindowReader:
     def candidates_batch(
         self, queries: Sequence[tuple[str, Sequence[str]]], batch_size: int = 32
     ) -> list[list[tuple[str, float]]]:
-        """Per query, ``(answer, score)`` of every passage window (before voting)."""
+        """Per query, one ``(answer, score)`` per passage: its best window's (before voting;
+        see :func:`~kexue.mrc.reader.best_per_passage`)."""
         check_positive_int(batch_size, "batch_size", type_error=ValueError)
         flat = []
         for qi, (question, passages) in enumerate(queries):
-            for p in check_question(question, passages):
-                flat += [(qi, w, p) for w in self._windows(question, p)]
-        out: list[list[tuple[str, float]]] = [[] for _ in queries]
+            for pi, p in enumerate(check_question(question, passages)):
+                flat += [(qi, pi, w, p) for w in self._windows(question, p)]
+        out: list[list[tuple[int, str, float]]] = [[] for _ in queries]
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
                 for i in range(0, len(flat), batch_size):
                     chunk = flat[i : i + batch_size]
-                    for (qi, _, _), cand in zip(chunk, self._decode_windows(chunk), strict=True):
-                        out[qi].append(cand)
+                    decoded = self._decode_windows([(qi, w, p) for qi, _, w, p in chunk])
+                    for (qi, pi, _, _), cand in zip(chunk, decoded, strict=True):
+                        out[qi].append((pi, *cand))
         finally:
             self.model.train(was_training)
-        return out
+        return [best_per_passage(w) for w in out]
 
     @staticmethod
     def _text(passage: str, offsets: list[int], start: int, length: int) -> str:
@@ -359,9 +362,10 @@ class ARReader(_WindowReader):
         window contains the answer, else just ``[SEP]``."""
         a = self._answer_ids(answer)[: self.max_answer_len - 1]
         out = []
-        for q, p, _ in self._windows(question, passage):
+        for q, p, off in self._windows(question, passage):
             prefix = self._prefix(q, p)
-            body = a if a and _find(a, p) >= 0 else []
+            text = passage[off[0] : off[-1] + 1] if off else ""
+            body = a if a and answer_in_window(answer, text) else []
             out.append((prefix + body + [self.ids.sep], len(prefix)))
         return out
 

@@ -2,8 +2,9 @@
 and span baselines) on the shipped sets or your own SQuAD-style / WebQA-style JSON.
 
 ``--model`` is a local HF BERT directory (``kexue lm pretrain`` output, or a Chinese BERT you
-downloaded elsewhere); ``--model tiny`` uses the tiny BERT pretrained here (cached under
-``$KEXUE_CACHE``, pretrained on first use). User errors raise ``ValueError`` /
+downloaded elsewhere); the default ``zh-char-bert`` is the BERT shipped in the package;
+``--model tiny`` uses a smaller BERT pretrained here (cached under ``$KEXUE_CACHE``, pretrained
+on first use). User errors raise ``ValueError`` /
 ``FileNotFoundError``: the main CLI prints one line and exits 2.
 """
 
@@ -45,9 +46,10 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--reader", choices=sorted(KINDS), default="mlm")
     t.add_argument(
         "--model",
-        default="tiny",
+        default="zh-char-bert",
         metavar="DIR",
-        help="pretrained BERT directory, or 'tiny' (the cached tiny BERT)",
+        help="pretrained BERT directory, 'zh-char-bert' (the BERT shipped in the package) or "
+        "'tiny' (a 128-wide BERT pretrained here on first use and cached)",
     )
     src = t.add_mutually_exclusive_group()
     src.add_argument("--data", choices=DATASETS, default="cmrc2018")
@@ -102,6 +104,10 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _model_dir(name: str, progress: bool) -> Path:
+    from kexue.lm.shipped import SHIPPED, shipped_dir
+
+    if name in SHIPPED:
+        return shipped_dir(name)
     if name != "tiny":
         path = Path(name)
         if not path.is_dir():
@@ -241,7 +247,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     split = args.split or ("trial" if source == "cmrc2018" else None)
     examples = load_examples(source, split, fmt=args.format, limit=args.limit)
     reader = load_reader(args.model)
-    res = evaluate(reader, examples, batch_size=args.batch_size)
+    if args.predictions and Path(args.predictions).is_dir():
+        raise ValueError(f"--predictions {args.predictions} is a directory; give a file path")
+    res = evaluate(reader, examples, batch_size=args.batch_size, progress=True)
     preds = res.pop("predictions")
     if args.predictions:
         Path(args.predictions).write_text(json.dumps(preds, ensure_ascii=False, indent=1))

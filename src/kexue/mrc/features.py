@@ -28,6 +28,7 @@ import torch
 __all__ = [
     "Encoded",
     "SpecialIds",
+    "answer_in_window",
     "build_inputs",
     "build_target",
     "char_ids",
@@ -95,6 +96,17 @@ def char_ids(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
 def normalize_passage(passage: str) -> str:
     """The original code's passage normalisation: every space, 、, ；, ， becomes ``,``."""
     return _NORM.sub(",", passage)
+
+
+def answer_in_window(answer: str, text: str) -> bool:
+    """Whether ``answer`` labels a window whose text is ``text`` (design note 02, section 2
+    step 4): every whitespace-separated part of the answer occurs in the normalised text, each
+    on its own (a multi-part answer ``"A B"`` need not occur joined). Empty answer: False."""
+    parts = [normalize_passage(a) for a in answer.split()]
+    if not parts:
+        return False
+    norm = normalize_passage(text)
+    return all(part in norm for part in parts)
 
 
 def windows(n: int, size: int, stride: int) -> list[tuple[int, int]]:

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from kexue.core.checks import check_positive_int
 from kexue.mrc.features import (
     Encoded,
+    answer_in_window,
     build_inputs,
     build_target,
     char_ids,
@@ -43,6 +44,7 @@ __all__ = [
     "PassageConstraint",
     "aggregate_answers",
     "best_answer",
+    "best_per_passage",
     "check_question",
     "constrained_greedy_decode",
     "masked_slot_loss",
@@ -163,6 +165,21 @@ def aggregate_answers(candidates: Sequence[tuple[str, float]]) -> dict[str, floa
             acc[0] += v * v
             acc[1] += v
     return {a: sq / (s + 1.0) for a, (sq, s) in sums.items()}
+
+
+def best_per_passage(windows: Sequence[tuple[int, str, float]]) -> list[tuple[str, float]]:
+    """One ``(answer, score)`` per passage from ``(passage index, answer, score)`` windows.
+
+    A passage's candidate is its highest-scoring window with a non-empty answer (ties: the
+    first); a passage whose every window says "no answer" gives ``('', best score)``. Passages
+    come out in order of first appearance.
+    """
+    best: dict[int, tuple[str, float]] = {}
+    for pi, text, v in windows:
+        cur = best.get(pi)
+        if cur is None or (text and not cur[0]) or (bool(text) == bool(cur[0]) and v > cur[1]):
+            best[pi] = (text, v)
+    return list(best.values())
 
 
 def best_answer(candidates: Sequence[tuple[str, float]]) -> tuple[str, float]:
@@ -348,13 +365,15 @@ class MLMReader:
     def training_features(
         self, question: str, passage: str, answer: str
     ) -> list[tuple[list[int], list[int]]]:
-        """``(input_ids, slot targets)`` per window; a window whose normalised text does not
-        contain the (normalised) answer is labelled "no answer" (target ``[SEP]`` first)."""
+        """``(input_ids, slot targets)`` per window. The target is the normalised answer (spaces
+        become commas) in a window that holds every whitespace-separated part of it
+        (:func:`~kexue.mrc.features.answer_in_window`); any other window is labelled "no
+        answer" (target ``[SEP]`` first)."""
         ans = normalize_passage(answer) if answer else ""
         a_ids, _ = char_ids(self.tokenizer, ans)
         out = []
         for enc, text in self.encode(question, passage):
-            present = bool(ans) and ans in normalize_passage(text)
+            present = bool(ans) and answer_in_window(answer, text)
             target = build_target(a_ids if present else [], self.max_answer_len, self.ids.sep)
             out.append((enc.input_ids, target))
         return out
@@ -418,26 +437,32 @@ class MLMReader:
     def candidates_batch(
         self, queries: Sequence[tuple[str, Sequence[str]]], batch_size: int = 32
     ) -> list[list[tuple[str, float]]]:
-        """Per query, the ``(answer, score)`` of every passage window (before voting)."""
-        flat: list[tuple[int, Encoded, str]] = []
+        """Per query, one ``(answer, score)`` per passage (before voting).
+
+        A passage longer than one window is read window by window, but votes once: its
+        candidate is its best window's (the highest-scoring non-empty answer, else ``''``), as
+        Su's truncation to one window gives one vote per passage. Without this, one answer in
+        the overlap of two windows would count as two passages agreeing.
+        """
+        flat: list[tuple[int, int, Encoded, str]] = []
         for qi, (question, passages) in enumerate(queries):
-            for p in check_question(question, passages):
-                flat += [(qi, enc, p) for enc, _ in self.encode(question, p)]
+            for pi, p in enumerate(check_question(question, passages)):
+                flat += [(qi, pi, enc, p) for enc, _ in self.encode(question, p)]
         check_positive_int(batch_size, "batch_size", type_error=ValueError)
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
-        out: list[list[tuple[str, float]]] = [[] for _ in queries]
+        per_window: list[list[tuple[int, str, float]]] = [[] for _ in queries]
         try:
             for i in range(0, len(flat), batch_size):
                 chunk = flat[i : i + batch_size]
-                ids, mask = collate([enc.input_ids for _, enc, _ in chunk], self.ids.pad)
+                ids, mask = collate([enc.input_ids for _, _, enc, _ in chunk], self.ids.pad)
                 probs = self.slot_logits(ids.to(device), mask.to(device)).float().softmax(-1)
-                for (qi, enc, p), pr in zip(chunk, probs.cpu(), strict=True):
-                    out[qi].append(self._decode(pr, enc, p))
+                for (qi, pi, enc, p), pr in zip(chunk, probs.cpu(), strict=True):
+                    per_window[qi].append((pi, *self._decode(pr, enc, p)))
         finally:
             self.model.train(was_training)
-        return out
+        return [best_per_passage(w) for w in per_window]
 
     def predict_batch(
         self, queries: Sequence[tuple[str, Sequence[str]]], batch_size: int = 32

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from kexue.core.io import atomic_write_json
+from kexue.core.io import atomic_write_json, verify_dir_manifest, write_dir_manifest
 from kexue.mrc.baselines import ARReader, SpanReader
 from kexue.mrc.metrics import evaluate_predictions
 from kexue.mrc.reader import MLMReader
@@ -261,20 +261,42 @@ def fit(
     return {**history, "losses": losses}
 
 
-def evaluate(reader: Any, examples: Sequence[Example], *, batch_size: int = 32) -> dict[str, Any]:
-    """Predict every question and score it.
+def evaluate(
+    reader: Any, examples: Sequence[Example], *, batch_size: int = 32, progress: bool = False
+) -> dict[str, Any]:
+    """Predict every question and score it, as the official CMRC script does: every labelled
+    question counts.
+
+    A question whose text is empty (CMRC 2018 trial has two) cannot be asked; it gets the empty
+    answer, which scores 0, and is counted in ``"empty_questions"``.
 
     Returns:
         :func:`~kexue.mrc.metrics.evaluate_predictions` keys plus ``"questions_per_s"``,
-        ``"seconds"``, ``"n"`` and ``"predictions"`` (``{id: answer}``).
+        ``"seconds"``, ``"n"``, ``"empty_questions"`` and ``"predictions"`` (``{id: answer}``).
     """
     labelled = [ex for ex in examples if ex.answers]
     if not labelled:
         raise ValueError("no example has an accepted answer to evaluate against")
+    asked = [ex for ex in labelled if isinstance(ex.question, str) and ex.question.strip()]
     t0 = time.perf_counter()
-    preds = reader.predict_batch([(ex.question, ex.passages) for ex in labelled], batch_size)
+    got: list[tuple[str, float]] = []
+    step = max(batch_size * 8, 256) if progress else max(len(asked), 1)
+    bar = None
+    if progress and len(asked) > step:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(asked), desc="questions", unit="q", leave=False)
+    for i in range(0, len(asked), step):
+        chunk = asked[i : i + step]
+        got += reader.predict_batch([(ex.question, ex.passages) for ex in chunk], batch_size)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
     seconds = time.perf_counter() - t0
-    scores = evaluate_predictions([a for a, _ in preds], [ex.answers for ex in labelled])
+    by_id = {id(ex): a for ex, (a, _) in zip(asked, got, strict=True)}
+    answers = [by_id.get(id(ex), "") for ex in labelled]
+    scores = evaluate_predictions(answers, [ex.answers for ex in labelled])
     if scores["empty"] > 0.9 and len(labelled) >= 50:
         # bert4keras issue 284: almost only empty answers usually means a data/format mismatch
         warnings.warn(
@@ -284,10 +306,11 @@ def evaluate(reader: Any, examples: Sequence[Example], *, batch_size: int = 32) 
         )
     return {
         **scores,
-        "questions_per_s": len(labelled) / seconds,
+        "questions_per_s": len(asked) / max(seconds, 1e-9),
         "seconds": seconds,
         "n": len(labelled),
-        "predictions": {ex.id: a for ex, (a, _) in zip(labelled, preds, strict=True)},
+        "empty_questions": len(labelled) - len(asked),
+        "predictions": {ex.id: a for ex, a in zip(labelled, answers, strict=True)},
     }
 
 
@@ -322,8 +345,9 @@ def save_reader(reader: Any, path: str | os.PathLike, extra: dict | None = None)
     """Write the reader's model + tokenizer (HF directory) and ``reader.json``."""
     from kexue.lm import save_pretrained
 
-    path = save_pretrained(reader.model, reader.tokenizer, path)
+    path = save_pretrained(reader.model, reader.tokenizer, path, manifest=False)
     atomic_write_json(path / READER_FILE, {**_reader_config(reader), **(extra or {})})
+    write_dir_manifest(path)  # last: it covers reader.json too
     return path
 
 
@@ -339,15 +363,19 @@ def load_reader(path: str | os.PathLike, **overrides: Any) -> Any:
     meta_file = path / READER_FILE
     if not meta_file.is_file():
         raise FileNotFoundError(f"{path} has no {READER_FILE}: not a directory from `mrc train`")
-    meta = json.loads(meta_file.read_text())
+    verify_dir_manifest(path)
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{meta_file}: not valid JSON (corrupt reader config)") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_file}: expected a JSON object")
     kind = meta.get("kind")
     if kind not in KINDS:
         raise ValueError(f"{meta_file}: unknown reader kind {kind!r}")
-    kwargs = {
-        k: meta[k]
-        for k in ("max_answer_len", "max_question_len", "max_passage_len", "stride", "constrained")
-        if k in meta
-    }
+    keys = ("max_answer_len", "max_question_len", "max_passage_len", "stride")
+    keys += ("constrained",) if kind == "mlm" else ()
+    kwargs = {k: meta[k] for k in keys if k in meta}
     kwargs.update(overrides)
     model, tok = load_pretrained(path, head="qa" if kind == "span" else "mlm")
     return KINDS[kind](model, tok, **kwargs)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 import time
 from collections import Counter
@@ -88,7 +87,11 @@ def train_arm(
         lr=cfg.lr,
     )
     g = torch.Generator().manual_seed(cfg.seed)
-    cls_id, sep_id, mask_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
+    cls_id, sep_id, mask_id = (
+        tokenizer.cls_token_id,
+        tokenizer.sep_token_id,
+        tokenizer.mask_token_id,
+    )
     v = len(tokenizer)
     t0 = time.process_time()
     steps, tokens, losses = 0, 0, []
@@ -103,7 +106,12 @@ def train_arm(
         ids, valid = _pad_batch([chunks[i] for i in idx], cls_id, sep_id)
         special = ~valid | (ids == cls_id) | (ids == sep_id)
         inputs, labels = mask_tokens(
-            ids, special=special, mask_id=mask_id, vocab_size=v, mask_prob=cfg.mask_prob, generator=g
+            ids,
+            special=special,
+            mask_id=mask_id,
+            vocab_size=v,
+            mask_prob=cfg.mask_prob,
+            generator=g,
         )
         sel = labels != -100
         h = enc(input_ids=inputs, attention_mask=valid).last_hidden_state
@@ -174,13 +182,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         rows.append({"arm": "unigram", "mlm_accuracy": uni})
         best = max((r for r in rows if "steps" in r), key=lambda r: r["mlm_accuracy"])
-        print(f"\nbest arm: {best['arm']} ({best['mlm_accuracy']:.3f}); one seed per arm, so "
-              "differences under ~0.01 are within noise.")
+        print(
+            f"\nbest arm: {best['arm']} ({best['mlm_accuracy']:.3f}); one seed per arm, so "
+            "differences under ~0.01 are within noise."
+        )
         return rows
 
-    run_recorded(
-        body, args.snapshot, name="lm_ablation", script=__file__, data=lambda: rows
-    )
+    run_recorded(body, args.snapshot, name="lm_ablation", script=__file__, data=lambda: rows)
     return 0
 
 

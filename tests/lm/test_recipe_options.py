@@ -105,8 +105,8 @@ def test_fp16_checkpoint_loads_in_float32_and_fine_tunes(tmp_path):
     kept, _ = load_pretrained(tmp_path / "fp16", dtype=None)
     assert {p.dtype for p in kept.parameters()} == {torch.float16}
     # a few fine-tuning steps at a reader's learning rate stay finite
-    from kexue.mrc.recipe import Example, fit
     from kexue.mrc.reader import MLMReader
+    from kexue.mrc.recipe import Example, fit
 
     reader = MLMReader(back, tok, max_answer_len=4, max_question_len=8, max_passage_len=24)
     text = corpus(1)[0][:20]

@@ -47,7 +47,9 @@ class _Spell(torch.nn.Module):
 
 def test_mlm_reader_gives_one_candidate_per_passage(tok):
     target = [tok.convert_tokens_to_ids("京"), tok.sep_token_id]
-    reader = MLMReader(_Spell(len(tok), target), tok, max_answer_len=3, max_passage_len=10, stride=5)
+    reader = MLMReader(
+        _Spell(len(tok), target), tok, max_answer_len=3, max_passage_len=10, stride=5
+    )
     long = "北京天安门长城北京在哪里是谁的名字北京上海"  # 京 in several overlapping windows
     assert len(reader.encode("哪里", long)) >= 3
     [cands] = reader.candidates_batch([("哪里", [long, "中国人民大学"])])

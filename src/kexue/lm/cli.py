@@ -74,9 +74,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         cfg = PretrainConfig(**given)
     else:  # a flag left at its parser default keeps the preset's value
         base, d = PRESETS[args.preset], PretrainConfig()
-        cfg = dataclasses.replace(
-            base, **{f: v for f, v in given.items() if v != getattr(d, f)}
-        )
+        cfg = dataclasses.replace(base, **{f: v for f, v in given.items() if v != getattr(d, f)})
     out = check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume and not (out / "trainer" / "checkpoints").is_dir():
         raise FileNotFoundError(f"--resume: no checkpoints under {out / 'trainer'}")

@@ -59,12 +59,44 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pretrain)
 
+    x = sub.add_parser(
+        "export",
+        help="write an fp16 copy of a pretrained BERT with a manifest (hashes, recipe, scores)",
+        formatter_class=fmt,
+    )
+    x.add_argument("--model", required=True, metavar="DIR", help="a `lm pretrain` directory")
+    x.add_argument("--out", required=True, metavar="DIR", help="the fp16 HF directory to write")
+    x.add_argument("--name", default="zh-char-bert", help="the model's name in its manifest")
+    x.add_argument("--check-texts", type=int, default=200, help="held-out texts of the check")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    x.set_defaults(func=cmd_export)
+
     e = sub.add_parser("eval", help="held-out MLM accuracy / perplexity", formatter_class=fmt)
     e.add_argument("--model", required=True, metavar="DIR", help="a HF masked-LM directory")
     e.add_argument("--max-len", type=int, default=128)
     e.add_argument("--max-texts", type=int, default=0, help="0: all of chinese-text valid")
     e.set_defaults(func=cmd_eval)
     return lm
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a ``--device`` torch cannot use here, in one line (before any work)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, mps)"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use cpu)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine (use cpu)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device}: only cpu, cuda and mps are supported")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -75,6 +107,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     else:  # a flag left at its parser default keeps the preset's value
         base, d = PRESETS[args.preset], PretrainConfig()
         cfg = dataclasses.replace(base, **{f: v for f, v in given.items() if v != getattr(d, f)})
+    check_device(args.device)
     out = check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume and not (out / "trainer" / "checkpoints").is_dir():
         raise FileNotFoundError(f"--resume: no checkpoints under {out / 'trainer'}")
@@ -85,6 +118,88 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     print(
         f"saved tiny BERT ({res['vocab_size']} tokens) to {out}; held-out MLM accuracy "
         f"{ev['mlm_accuracy']:.4f}, perplexity {ev['perplexity']:.2f}"
+    )
+    return 0
+
+
+def cmrc_passages() -> list[str]:
+    """The distinct CMRC 2018 trial passages, in order (text the pretraining never saw)."""
+    from kexue import data
+
+    seen: dict[str, None] = {}
+    for r in data.load("cmrc2018", "trial"):
+        seen.setdefault(r["context"], None)
+    return list(seen)
+
+
+def export_report(model_dir: Any, *, check_texts: int = 200) -> dict[str, Any]:
+    """The scores a shipped model's manifest records, computed on ``model_dir`` as loaded.
+
+    ``eval.chinese_text_valid`` / ``eval.cmrc2018_trial_passages``: :func:`evaluate_mlm` at
+    ``max_len`` 128 and 15 % masking (fixed seed), with :func:`unigram_baseline` beside each;
+    ``check``: the same on the first ``check_texts`` valid texts (the test suite reproduces it).
+    """
+    from kexue.lm.model import load_pretrained
+    from kexue.lm.pretraining import unigram_baseline
+
+    model, tok = load_pretrained(model_dir)
+    train = chinese_texts("train")
+    valid = chinese_texts("valid")
+    cmrc = cmrc_passages()
+    out: dict[str, Any] = {"eval": {}, "vocab_size": len(tok)}
+    for key, texts in (("chinese_text_valid", valid), ("cmrc2018_trial_passages", cmrc)):
+        ev = evaluate_mlm(model, tok, texts, max_len=128)
+        out["eval"][key] = {**ev, "unigram": unigram_baseline(tok, train, texts)}
+    out["check"] = {
+        "texts": f"chinese-text valid, first {check_texts}",
+        "max_len": 128,
+        "mask_prob": 0.15,
+        "seed": 1234,
+        **evaluate_mlm(model, tok, valid[:check_texts], max_len=128),
+    }
+    return out
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Handler of ``kexue lm export``."""
+    from pathlib import Path
+
+    from kexue.core.io import write_dir_manifest
+    from kexue.lm.shipped import export_fp16
+
+    src = Path(args.model)
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"--model {src}: not a HF model directory (no config.json)")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise ValueError(f"--out {out} is not empty: pass --overwrite to replace it")
+    if args.check_texts < 1:
+        raise ValueError(f"--check-texts must be >= 1, got {args.check_texts}")
+    info: dict[str, Any] = {"name": args.name, "format": "HF BertForMaskedLM, fp16 safetensors"}
+    for fname, key in (("pretrain_config.json", "config"), ("pretrain_eval.json", "pretraining")):
+        if (src / fname).is_file():
+            info[key] = json.loads((src / fname).read_text())
+    pre = info.get("pretraining", {})
+    hist = pre.get("history", {})
+    info["pretraining"] = {
+        "corpus": "kexue.data chinese-text train (MSRA NER sentences, LCSTS texts, CSL "
+        "abstracts, CLUENER texts; no CMRC text), packed into 126-character chunks",
+        "steps": hist.get("steps"),
+        "wall_seconds": hist.get("wall_time"),
+        "chunks": pre.get("chunks"),
+        "final_train_loss": pre.get("final_loss"),
+    }
+    export_fp16(src, out, info=info)
+    # scores of the fp16 weights as they load (in float32), not of the float32 original
+    rep = export_report(out, check_texts=args.check_texts)
+    info.update(rep)
+    write_dir_manifest(out, extra=info)
+    ev = rep["eval"]
+    print(
+        f"wrote {out}: held-out MLM accuracy {ev['chinese_text_valid']['mlm_accuracy']:.4f} "
+        f"(unigram {ev['chinese_text_valid']['unigram']['mlm_accuracy']:.4f}), CMRC trial "
+        f"passages {ev['cmrc2018_trial_passages']['mlm_accuracy']:.4f} "
+        f"(unigram {ev['cmrc2018_trial_passages']['unigram']['mlm_accuracy']:.4f})"
     )
     return 0
 

@@ -48,6 +48,7 @@ __all__ = [
     "mask_tokens",
     "pack_texts",
     "pretrain",
+    "unigram_baseline",
 ]
 
 CACHE_ENV = "KEXUE_CACHE"
@@ -335,6 +336,36 @@ def evaluate_mlm(
         "mlm_accuracy": correct / count,
         "perplexity": math.exp(nll / count),
         "masked_tokens": float(count),
+    }
+
+
+def unigram_baseline(tokenizer: Any, train: list[str], texts: list[str]) -> dict[str, float]:
+    r"""The no-learning baseline of :func:`evaluate_mlm`: predict every masked character from
+    training-text character frequencies alone.
+
+    Accuracy is the held-out frequency of the most frequent training character (the expected
+    accuracy of always answering it at uniformly chosen positions); perplexity is
+    $\exp(-\frac1N\sum_i \log q(x_i))$ with add-one smoothed training frequencies $q$ over the
+    tokenizer's vocabulary.
+
+    Returns:
+        ``{"mlm_accuracy", "perplexity", "tokens"}``.
+    """
+    from collections import Counter
+
+    counts = Counter(c for t in train for c in encode_chars(tokenizer, t))
+    if not counts:
+        raise ValueError("train has no characters")
+    ids = [c for t in texts for c in encode_chars(tokenizer, t)]
+    if not ids:
+        raise ValueError("texts has no characters to evaluate on")
+    top = counts.most_common(1)[0][0]
+    total, v = sum(counts.values()), len(tokenizer)
+    nll = -sum(math.log((counts.get(c, 0) + 1) / (total + v)) for c in ids)
+    return {
+        "mlm_accuracy": sum(c == top for c in ids) / len(ids),
+        "perplexity": math.exp(nll / len(ids)),
+        "tokens": float(len(ids)),
     }
 
 

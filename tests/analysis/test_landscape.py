@@ -141,3 +141,43 @@ def test_bad_model_and_loss():
     with pytest.raises(ValueError):
         step_probe(model, lambda m, b: m.flat() * 2, batch, [0.1])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_beta_on_a_non_quadratic_loss_against_a_brute_force_reference():
+    """A softplus MLP: the gradient change per unit distance differs from step to step, so
+    beta = max_i (not min, not mean, not the last) is pinned down. The reference moves the
+    parameters itself and takes gradients with torch.func, in float64."""
+    from torch.func import functional_call, grad
+
+    from kexue.analysis import step_probe
+
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 5), torch.nn.Softplus(), torch.nn.Linear(5, 1)
+    ).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+
+    def loss_fn(m, batch):
+        xb, yb = batch
+        return ((m(xb) - yb) ** 4).mean()  # quartic in the output: far from a quadratic
+
+    etas = [0.01, 0.05, 0.2, 0.6, 1.5]
+    probe = step_probe(model, loss_fn, (x, y), etas)
+
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def f(p):
+        return ((functional_call(model, p, (x,)) - y) ** 4).mean()
+
+    g = grad(f)(params)
+    gnorm = torch.sqrt(sum((t**2).sum() for t in g.values()))
+    ratios = []
+    for eta in etas:
+        moved = {k: params[k] - eta * g[k] for k in params}
+        gi = grad(f)(moved)
+        change = torch.sqrt(sum(((gi[k] - g[k]) ** 2).sum() for k in params))
+        ratios.append(float(change / (eta * gnorm)))
+    assert max(ratios) > 1.2 * min(ratios)  # the ratio really varies along the line
+    assert probe.beta == pytest.approx(max(ratios), rel=1e-9)
+    assert probe.beta != pytest.approx(min(ratios), rel=1e-3)
+    assert probe.grad_norm == pytest.approx(float(gnorm), rel=1e-12)

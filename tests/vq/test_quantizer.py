@@ -353,3 +353,38 @@ def test_two_gloo_processes_keep_identical_codebooks(tmp_path):
     torch.empty(M, D).uniform_(-5.0, 5.0)  # the second quantiser's draw ...
     restart0 = torch.empty(M, D).uniform_(-5.0, 5.0)  # ... and the third's (the same law)
     assert not torch.allclose(r0["grad"], restart0)  # dead codes were restarted (data ~ N(0, .25))
+
+
+def test_restarted_codes_follow_the_ema_formula_one_step_later():
+    """After a restart the EMA state of a restarted code is (count 1, sum = its new value), so
+    the next EMA step moves it from there: w = (0.99 s + 0.01 S) / smoothed(0.99 + 0.01 n).
+    A restart that forgets the EMA sum pulls the code back towards its stale sum; a grace value
+    of 0 restarts it again at once. Both break this equality (decay 0.99, as users run it)."""
+    torch.manual_seed(0)
+    k, d, thr = 8, 2, 0.5
+    vq = VectorQuantizer(k, d, ema_decay=0.99, dead_code_threshold=thr, init_range=0.05)
+    vq.train()
+    # every point sits near code 0's side: most codes are unused and restarted in step 1
+    x1 = torch.randn(64, d, dtype=torch.float32) * 0.1 + 3.0
+    w0 = vq.weight.detach().clone()
+    vq(x1)
+    w1 = vq.weight.detach().clone()
+    restarted = ~torch.isclose(w1, w0).all(1)
+    restarted &= torch.isin(w1, x1).all(1)  # moved onto a batch point
+    assert int(restarted.sum()) >= 3
+    sum1, cnt1 = vq.ema_sum.detach().clone(), vq.ema_count.detach().clone()
+    assert torch.equal(sum1[restarted], w1[restarted]) and bool((cnt1[restarted] == 1).all())
+    # step 2: points exactly at every code, so every code is used (no restart in step 2)
+    x2 = torch.cat([w1, w1[restarted] + 1e-3])
+    codes = torch.cdist(x2.double(), w1.double()).argmin(1)
+    n = torch.bincount(codes, minlength=k).double()
+    s = torch.zeros(k, d, dtype=torch.float64).index_add_(0, codes, x2.double())
+    cnt2 = 0.99 * cnt1.double() + 0.01 * n
+    sum2 = 0.99 * sum1.double() + 0.01 * s
+    total = cnt2.sum()
+    smoothed = (cnt2 + vq.eps) / (total + k * vq.eps) * total
+    want = sum2 / smoothed[:, None]
+    vq(x2)
+    torch.testing.assert_close(vq.weight.detach().double(), want, rtol=1e-5, atol=1e-6)
+    # the restarted codes stayed where their data is (near 3), not back near the origin
+    assert bool((vq.weight.detach()[restarted] > 2).all())

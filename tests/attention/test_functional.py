@@ -515,3 +515,35 @@ def test_mapped_output_buffers_give_the_same_numbers(kind, params, monkeypatch):
         assert mapped[1].data_ptr() % 2**21 == 0  # dq came from a mapping
     for a, b in zip(heap, mapped, strict=True):
         assert torch.equal(a, b)
+
+
+def test_missing_or_changed_flash_ops_fall_back_to_the_generic_path(monkeypatch):
+    """kexue.attention must import and compute on a torch whose private CPU flash ops are
+    renamed or changed: the ops are looked up lazily, probed once, and every tile then takes
+    the generic path (same values as the dense reference)."""
+    import subprocess
+    import sys
+
+    from kexue.attention import _flash
+
+    assert _flash.lookup_ops(("no_such_forward_op", "no_such_backward_op")) is None
+    # an op whose outputs are not what the module expects is refused too
+    wrong = ("_scaled_dot_product_flash_attention_for_cpu",) * 2  # backward with forward's op
+    assert _flash.lookup_ops(wrong) is None
+    assert _flash.lookup_ops() is not None  # this torch (2.13) has them
+
+    calls = []
+    monkeypatch.setattr(_flash, "_OPS", False)  # as if missing
+    monkeypatch.setattr(_flash, "forward", lambda *a: calls.append(1))
+    q, k, v, kpm, g = _inputs(2, 2, 160, 8, torch.float64, None)
+    out = attention(q, k, v, "local", window=16)
+    ref = attention(q, k, v, "local", window=16, impl="dense")
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
+    assert not calls
+    # the import itself never touches the ops
+    code = (
+        "import torch, kexue.attention as a\n"
+        "from kexue.attention import _flash\n"
+        "assert _flash._OPS is None, _flash._OPS\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -31,18 +31,69 @@ FORWARD_ELEMENTS = 1 << 19
 CLASS_ELEMENTS = 1 << 17
 BACKWARD_ELEMENTS = 1 << 19
 USE_FUSED = True  # False: every tile takes the generic path of ._tiles (tests compare the two)
-_FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+OP_NAMES = (
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention_for_cpu_backward",
+)
+# (forward, backward) once probed, False when missing or not behaving as this module expects;
+# looked up lazily so that a torch that renames or changes them still imports kexue.attention
+# (every tile then takes the generic path)
+_OPS: tuple | bool | None = None
+
+
+def lookup_ops(names: tuple[str, str] = OP_NAMES) -> tuple | None:
+    """The private aten ops ``names`` if they exist and compute what this module expects on
+    a tiny probe (forward output and log-sum-exp against a dense softmax, backward against
+    autograd), else ``None``."""
+    try:
+        with torch.inference_mode(False), torch.enable_grad():  # first use may be in no_grad
+            return _probe(*(getattr(torch.ops.aten, n) for n in names))
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return None
+
+
+def _probe(fwd, bwd) -> tuple | None:
+    g = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(1, 2, 5, 4, generator=g, dtype=torch.float64) for _ in range(4))
+    o, lse = fwd(q, k, v, scale=0.5)
+    gq, gk, gv = bwd(do, q, k, v, o, lse, 0.0, False, scale=0.5)
+    qr, kr, vr = (x.clone().requires_grad_() for x in (q, k, v))
+    s = (qr @ kr.transpose(-1, -2)) * 0.5
+    ref = s.softmax(-1) @ vr
+    ref.backward(do)
+    ok = (
+        torch.allclose(o, ref.detach(), atol=1e-10)
+        and torch.allclose(lse, s.detach().logsumexp(-1), atol=1e-10)
+        and all(torch.allclose(a, b.grad, atol=1e-10) for a, b in ((gq, qr), (gk, kr), (gv, vr)))
+    )
+    return (fwd, bwd) if ok else None
+
+
+def _ops() -> tuple | None:
+    global _OPS
+    if _OPS is None:
+        _OPS = lookup_ops() or False
+    return _OPS or None
+
+
+def _FWD(*args, **kwargs):  # noqa: N802 - the op's stand-in
+    return _ops()[0](*args, **kwargs)
+
+
+def _BWD(*args, **kwargs):  # noqa: N802
+    return _ops()[1](*args, **kwargs)
 
 
 def _kernel_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """The fused CPU kernel's needs: CPU, float32/64, one head size, contiguous rows."""
+    """The fused CPU kernel's needs: the ops exist and behave (probed once), CPU, float32/64,
+    one head size, contiguous rows."""
     return (
         USE_FUSED
         and q.device.type == "cpu"
         and q.dtype in (torch.float32, torch.float64)
         and v.shape[-1] == q.shape[-1]
         and all(x.stride(-1) == 1 for x in (q, k, v))
+        and _ops() is not None
     )
 
 

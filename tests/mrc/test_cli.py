@@ -213,21 +213,16 @@ def test_predict_input_file_and_errors(bert_dir, tmp_path, capsys):
     )
 
 
-def test_tiny_model_is_the_experiments_quick_bert():
+def test_the_default_model_is_the_shipped_bert_and_quick_uses_it():
     from kexue.experiments import get
-    from kexue.lm import PretrainConfig
+    from kexue.mrc.cli import add_subparser
 
     module = get("mlm-mrc").load()
-    quick = module.PRESETS["quick"].pretrain_config()
-    cli = PretrainConfig(
-        hidden_size=128,
-        num_layers=4,
-        num_heads=4,
-        max_positions=512,
-        max_len=128,
-        steps=600,
-        batch_size=32,
-        lr=1e-3,
-        warmup=60,
-    )
-    assert cli == quick  # `--model tiny` shares the experiment's cache entry
+    assert module.PRESETS["quick"].bert == "zh-char-bert"
+    assert module.PRESETS["full"].bert == "zh-char-bert"
+    import argparse
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    mrc = add_subparser(sub)
+    args = mrc.parse_args(["train", "--out", "x"])
+    assert args.model == "zh-char-bert"

@@ -41,22 +41,22 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
         "differ from their defaults override it",
     )
     p.add_argument("--hidden", type=int, default=d.hidden_size, help="hidden size")
-    p.add_argument("--layers", type=int, default=d.num_layers)
-    p.add_argument("--heads", type=int, default=d.num_heads)
+    p.add_argument("--layers", type=int, default=d.num_layers, help="Transformer blocks")
+    p.add_argument("--heads", type=int, default=d.num_heads, help="attention heads")
     p.add_argument("--max-len", type=int, default=d.max_len, help="chunk length in tokens")
-    p.add_argument("--max-positions", type=int, default=d.max_positions)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--max-positions", type=int, default=d.max_positions, help="position table")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="chunks per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (one-cycle)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps")
     p.add_argument("--min-freq", type=int, default=d.min_freq, help="vocabulary: min count")
     p.add_argument("--max-vocab", type=int, default=d.max_vocab, help="0: no cap")
     p.add_argument("--max-texts", type=int, default=d.max_texts, help="0: all training texts")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="model init and masking seed")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/trainer checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 
     x = sub.add_parser(
@@ -73,7 +73,12 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="held-out MLM accuracy / perplexity", formatter_class=fmt)
     e.add_argument("--model", required=True, metavar="DIR", help="a HF masked-LM directory")
-    e.add_argument("--max-len", type=int, default=128)
+    e.add_argument(
+        "--max-len",
+        type=int,
+        default=None,
+        help="chunk length (default: the model's pretraining max_len, else 128)",
+    )
     e.add_argument("--max-texts", type=int, default=0, help="0: all of chinese-text valid")
     e.set_defaults(func=cmd_eval)
     return lm
@@ -107,6 +112,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     else:  # a flag left at its parser default keeps the preset's value
         base, d = PRESETS[args.preset], PretrainConfig()
         cfg = dataclasses.replace(base, **{f: v for f, v in given.items() if v != getattr(d, f)})
+    if cfg.warmup > cfg.steps:
+        raise ValueError(f"--warmup ({cfg.warmup}) must not exceed --steps ({cfg.steps})")
     check_device(args.device)
     out = check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume and not (out / "trainer" / "checkpoints").is_dir():
@@ -206,11 +213,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Handler of ``kexue lm eval``."""
-    from kexue.lm.model import load_pretrained
+    from pathlib import Path
 
-    if args.max_len < 3 or args.max_texts < 0:
+    from kexue.lm.model import load_pretrained
+    from kexue.lm.shipped import resolve_model_dir
+
+    path = resolve_model_dir(args.model)
+    max_len = args.max_len
+    if max_len is None:  # the same chunks as pretraining printed, so the numbers agree
+        pc = Path(path) / "pretrain_config.json"
+        max_len = json.loads(pc.read_text()).get("max_len", 128) if pc.is_file() else 128
+    if max_len < 3 or args.max_texts < 0:
         raise ValueError("--max-len must be >= 3 and --max-texts >= 0")
-    model, tok = load_pretrained(args.model)
-    res = evaluate_mlm(model, tok, chinese_texts("valid", args.max_texts), max_len=args.max_len)
+    model, tok = load_pretrained(path)
+    texts = chinese_texts("valid", args.max_texts)
+    res = {**evaluate_mlm(model, tok, texts, max_len=max_len), "max_len": max_len}
     print(json.dumps(res))
     return 0

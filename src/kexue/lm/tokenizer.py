@@ -143,8 +143,10 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer directory not found: {path}")
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+    if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+        # tokenizer_config.json alone would give a 5-token tokenizer that silently maps
+        # every character to [UNK]
         raise FileNotFoundError(
-            f"{path} has no tokenizer (expected one of {', '.join(TOKENIZER_FILES)})"
+            f"{path} has no tokenizer vocabulary (expected tokenizer.json or vocab.txt)"
         )
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kexue.core.io import check_out_dir
+from kexue.mrc.features import answer_in_window
 from kexue.mrc.recipe import (
     KINDS,
     evaluate,
@@ -61,11 +62,18 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=600)
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--warmup", type=int, default=50)
+    t.add_argument(
+        "--warmup", type=int, default=None, help="warm-up steps (default: min(50, steps / 10))"
+    )
     t.add_argument("--max-answer-len", type=int, default=16, help="answer slots L")
     t.add_argument("--max-question-len", type=int, default=32)
     t.add_argument("--max-passage-len", type=int, default=128, help="passage window (tokens)")
-    t.add_argument("--stride", type=int, default=64, help="step between passage windows")
+    t.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="step between passage windows (default: half of --max-passage-len)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from --out/train checkpoints")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -132,6 +140,8 @@ def _model_dir(name: str, progress: bool) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Handler of ``kexue mrc train``."""
+    if args.stride is None:
+        args.stride = max(1, args.max_passage_len // 2)
     for name in (
         "steps",
         "batch_size",
@@ -145,12 +155,33 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be >= 0, got {args.limit}")
     if not 0 < args.lr < 1:
         raise ValueError(f"--lr must be in (0, 1), got {args.lr}")
+    if args.stride > args.max_passage_len:
+        raise ValueError(
+            f"--stride ({args.stride}) must be <= --max-passage-len ({args.max_passage_len})"
+        )
+    if args.warmup is None:
+        args.warmup = min(50, max(1, args.steps // 10))
+    if args.warmup > args.steps:
+        raise ValueError(f"--warmup ({args.warmup}) must not exceed --steps ({args.steps})")
     out = check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume and not (out / "train" / "checkpoints").is_dir():
         raise FileNotFoundError(f"--resume: no checkpoints under {out / 'train'}")
     source = args.train or args.data
     split = args.split or ("dev" if source == "cmrc2018" else None)
     examples = load_examples(source, split, fmt=args.format, limit=args.limit)
+    missing = sum(
+        1
+        for ex in examples
+        for p, a in zip(ex.passages, ex.passage_answers, strict=True)
+        if a and not answer_in_window(a, p)
+    )
+    if missing:
+        n = sum(1 for ex in examples for a in ex.passage_answers if a)
+        print(
+            f"warning: {missing} of {n} labelled passages do not contain their answer; they "
+            "are trained as 'no answer' passages",
+            file=sys.stderr,
+        )
     model_dir = _model_dir(args.model, not args.no_progress)
     if args.overwrite and out.is_dir():
         shutil.rmtree(out)

@@ -12,6 +12,7 @@ Arms (each changes one thing from the line above it, except where it says "from"
 - ``today``: the recipe before this ablation: post-LN BERT, dropout 0.1, peak lr 5e-4, clip 1.0;
 - ``lr 1e-3, clip 0.5``;
 - ``no dropout``;
+- ``sinusoidal position init`` (from ``no dropout``; still a plain ``BertForMaskedLM``);
 - ``pre-LN`` (from ``no dropout``; HF ``RobertaPreLayerNorm``);
 - ``no biases`` (from ``no dropout``; no HF class loads it);
 - ``mask 30%`` (from ``no dropout``);
@@ -60,6 +61,7 @@ def arms() -> list[tuple[str, PretrainConfig]]:
         ("today (post-LN, dropout 0.1, lr 5e-4, clip 1)", today),
         ("+ lr 1e-3, clip 0.5", lr),
         ("+ no dropout", nodrop),
+        ("no dropout + sinusoidal position init", dataclasses.replace(nodrop, pos_init="sinusoidal")),
         ("no dropout + pre-LN", dataclasses.replace(nodrop, arch="prelayernorm")),
         ("no dropout + no biases", dataclasses.replace(nodrop, bias=False)),
         ("no dropout + mask 30%", dataclasses.replace(nodrop, mask_prob=0.3)),

@@ -181,3 +181,20 @@ def test_beta_on_a_non_quadratic_loss_against_a_brute_force_reference():
     assert probe.beta == pytest.approx(max(ratios), rel=1e-9)
     assert probe.beta != pytest.approx(min(ratios), rel=1e-3)
     assert probe.grad_norm == pytest.approx(float(gnorm), rel=1e-12)
+
+
+def test_a_nan_batch_is_refused_by_the_probe_and_the_hessian():
+    from kexue.analysis import hessian_top_eigenvalue
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x = torch.randn(4, 3)
+    x[0, 0] = float("nan")
+
+    def loss_fn(m, b):
+        return (m(b) ** 2).mean()
+
+    with pytest.raises(ValueError, match="not finite"):
+        step_probe(model, loss_fn, x, [0.1])
+    with pytest.raises(ValueError, match="not finite"):
+        hessian_top_eigenvalue(model, loss_fn, x)

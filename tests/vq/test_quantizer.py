@@ -388,3 +388,18 @@ def test_restarted_codes_follow_the_ema_formula_one_step_later():
     torch.testing.assert_close(vq.weight.detach().double(), want, rtol=1e-5, atol=1e-6)
     # the restarted codes stayed where their data is (near 3), not back near the origin
     assert bool((vq.weight.detach()[restarted] > 2).all())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input_is_refused_before_the_codebook_changes(bad):
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 3, ema_decay=0.99, dead_code_threshold=1.0).train()
+    before = {k: v.clone() for k, v in vq.state_dict().items()}
+    z = torch.randn(4, 5, 3)
+    z[1, 2, 0] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        vq(z)
+    for k, v in vq.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="meta"):
+        vq(torch.empty(2, 3, device="meta"))

@@ -187,6 +187,13 @@ class Objective:
             loss does not depend on get zero gradients.
         """
         loss = self.loss(params)
+        if params is None and not bool(torch.isfinite(loss.detach())):
+            # at the model's own point a NaN/inf is bad input (a NaN batch or weights), not a
+            # measurement: refuse before it becomes a probe's or an eigenvalue's result
+            raise ValueError(
+                f"the loss at the model's parameters is {float(loss.detach())} (not finite): "
+                "check the batch and the weights for NaN/inf"
+            )
         if not loss.requires_grad:
             raise ValueError("the loss does not depend on any parameter that requires grad")
         wrt = self.params if params is None else params

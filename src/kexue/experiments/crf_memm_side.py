@@ -62,10 +62,10 @@ def pretrained(preset: str, progress: bool) -> tuple[Path, dict[str, Any], Any]:
     """``(directory, pretraining summary, PretrainConfig)`` of ``mlm-mrc``'s ``preset`` BERT,
     pretrained now unless cached under ``$KEXUE_CACHE/lm``."""
     from kexue.experiments.mlm_mrc import PRESETS as LM_PRESETS
-    from kexue.lm import cached_pretrained
+    from kexue.experiments.mlm_mrc import bert_dir
 
-    pc = LM_PRESETS[preset].pretrain_config()
-    return (*cached_pretrained(pc, progress=progress), pc)
+    cfg = LM_PRESETS[preset]
+    return (*bert_dir(cfg, progress), cfg)
 
 
 def bert_row(path: Path, train: list, test: list, task: str, head: str, *, seed: int,
@@ -106,20 +106,22 @@ def side_by_side(res: Result, runs: dict, bert: dict, peers: dict, lm: Any, cfg:
         return
     _, summary, pc = lm
     gains = [res.metrics[metric_key("gain_bert", d, h)] for d, h in bert]
-    res.headline += f" Tiny BERT at the CNN's training time: {_mean(gains):+.2f} F1 points (mean)."
+    res.headline += f" BERT at the CNN's training time: {_mean(gains):+.2f} F1 points (mean)."
     res.table(f"BERT vs char-CNN at equal training time (test F1 %, {len(cfg.seeds)} seed(s))",
               ["dataset", "head", "BERT", "CNN", "BERT − CNN (paired)", "BERT train s",
                "CNN train s", "BERT steps"], brows)  # fmt: skip
     res.compare("BERT vs char-CNN encoder, same head, seed and training time (test F1 %)",
                 article="the article fine-tunes a pretrained BERT-base (~96% PKU F1)",
                 ours=" | ".join(claims), note="issue 14: the gain over the CNN at equal time")  # fmt: skip
+    which = (
+        f"the shipped {pc.bert}"
+        if pc.bert
+        else f"the tiny BERT kexue.lm pretrains for mlm-mrc's '{cfg.bert}' preset "
+        f"({pc.lm_hidden} hidden, {pc.lm_layers} layers, {pc.lm_steps} MLM steps)"
+    )
     res.note(
-        f"BERT rows: the tiny BERT kexue.lm pretrains for mlm-mrc's '{cfg.bert}' preset "
-        f"({pc.hidden_size} hidden, {pc.num_layers} layers, {pc.steps} MLM steps on chinese-text, "
-        f"held-out MLM accuracy {summary['eval']['mlm_accuracy']:.3f}; pretraining "
-        f"{summary['history']['wall_time']:.0f} s, "
-        f"{'cached from an earlier run' if summary.get('cached') else 'run in this run'}, not "
-        f"counted) + dense + head, fine-tuned with Adam lr {cfg.bert_lr} (one lr for BERT and "
+        f"BERT rows: {which}, pretrained on chinese-text, held-out MLM accuracy "
+        f"{summary['eval']['mlm_accuracy']:.3f} (pretraining not counted) + dense + head, fine-tuned with Adam lr {cfg.bert_lr} (one lr for BERT and "
         "head) until the CNN's training time with the same head and seed had passed; the "
         "paired gain is per seed. Decoding uses windows of all 512 BERT positions."
     )

@@ -174,8 +174,10 @@ def _plot(curves: dict[str, list[float]], out_dir: Path) -> str:
     return save(fig, out_dir / "loss.png")
 
 
-def _bert(cfg: Config, progress: bool) -> tuple[Path, dict[str, Any]]:
-    """The BERT directory and its held-out MLM scores (manifest or pretraining summary)."""
+def bert_dir(cfg: Config, progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """``(directory, summary)`` of ``cfg``'s BERT: a shipped model or directory (``summary``
+    from its manifest) or, for ``bert=""``, the one pretrained from the ``lm_*`` fields (the
+    :func:`kexue.lm.cached_pretrained` summary)."""
     if not cfg.bert:
         return cached_pretrained(cfg.pretrain_config(), progress=progress)
     from kexue.core.io import verify_dir_manifest
@@ -212,7 +214,7 @@ def run(cfg: Config, out_dir: Path, progress: bool = True) -> Result:
     out_dir = Path(out_dir)
     seeds = cfg.seeds or (cfg.seed,)
     with num_threads(cfg.threads):
-        lm_path, lm = _bert(cfg, progress)
+        lm_path, lm = bert_dir(cfg, progress)
         dev = load_examples("cmrc2018", "dev", limit=cfg.train_max)
         if cfg.holdout >= len(dev):
             raise ValueError(f"holdout ({cfg.holdout}) must leave dev questions to train on")

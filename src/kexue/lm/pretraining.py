@@ -53,6 +53,7 @@ __all__ = [
 
 CACHE_ENV = "KEXUE_CACHE"
 ARCHS = ("bert", "prelayernorm")
+POS_INITS = ("random", "sinusoidal")
 DONE = "pretrain_done.json"
 
 
@@ -76,6 +77,10 @@ class PretrainConfig:
             ``RobertaPreLayerNormForMaskedLM``; an ablation arm).
         bias: False removes the biases of the QKV, attention-output and FFN linears (Cramming;
             no HF class loads such a model, so it is an ablation arm only).
+        pos_init: ``"random"`` (HF's N(0, 0.02) position table) or ``"sinusoidal"`` (the
+            table starts as Vaswani et al.'s sinusoids scaled to the same std: nearby positions
+            start similar, so attention can find a character's neighbours from the first
+            steps; the model stays a plain ``BertForMaskedLM``).
         seed: seeds the model init and the masking.
 
     The defaults follow the equal-CPU-time ablation of ``benchmarks/lm_ablation.py`` (Cramming,
@@ -104,6 +109,7 @@ class PretrainConfig:
     dropout: float = 0.0
     arch: str = "bert"
     bias: bool = True
+    pos_init: str = "random"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -137,6 +143,10 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.dropout must be in [0, 1), got {d!r}")
         if self.arch not in ARCHS:
             raise ValueError(f"PretrainConfig.arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.pos_init not in POS_INITS:
+            raise ValueError(
+                f"PretrainConfig.pos_init must be one of {POS_INITS}, got {self.pos_init!r}"
+            )
         if not isinstance(self.bias, bool):
             raise ValueError(f"PretrainConfig.bias must be a bool, got {self.bias!r}")
         for name in ("weight_decay", "grad_clip"):
@@ -151,11 +161,12 @@ class PretrainConfig:
     def key(self) -> str:
         """12 hex digits of the SHA-256 of the sorted-key JSON of the fields (the cache key).
 
-        Fields at their default that older configs lacked (``arch``, ``bias``) are left out, so
+        Fields at their default that older configs lacked (``arch``, ``bias``, ``pos_init``) are
+        left out, so
         a config written before they existed keeps its key.
         """
         d = self.to_dict()
-        for name, default in (("arch", "bert"), ("bias", True)):
+        for name, default in (("arch", "bert"), ("bias", True), ("pos_init", "random")):
             if d[name] == default:
                 del d[name]
         blob = json.dumps(d, sort_keys=True).encode()
@@ -410,11 +421,26 @@ def build_mlm(cfg: PretrainConfig, vocab_size: int) -> Any:
             eos_token_id=3,
         )
         model = RobertaPreLayerNormForMaskedLM(rcfg)
+    if cfg.pos_init == "sinusoidal":
+        table = model.base_model.embeddings.position_embeddings.weight
+        with torch.no_grad():
+            table.copy_(sinusoids(table.shape[0], table.shape[1]) * (0.02 / 0.5**0.5))
     if not cfg.bias:
         for mod in model.base_model.encoder.modules():
             if isinstance(mod, torch.nn.Linear):
                 mod.register_parameter("bias", None)
     return model
+
+
+def sinusoids(n: int, d: int) -> torch.Tensor:
+    r"""``(n, d)`` sinusoidal position table: $P_{p,2i}=\sin(p/10000^{2i/d})$,
+    $P_{p,2i+1}=\cos(p/10000^{2i/d})$ (Vaswani et al. 2017); entries have RMS $1/\sqrt2$."""
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    freq = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    out = torch.zeros(n, d, dtype=torch.float64)
+    out[:, 0::2] = torch.sin(pos * freq)
+    out[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
+    return out.float()
 
 
 def encoder_and_head(model: Any) -> tuple[Any, Any] | None:

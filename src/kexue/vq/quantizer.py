@@ -305,6 +305,11 @@ class VectorQuantizer(nn.Module):
             raise ValueError(
                 f"z must have shape (b, ..., {self.dim}) (last dim = dim), got {tuple(z.shape)}"
             )
+        if z.device.type == "meta":
+            raise ValueError("z is a meta tensor (no data): quantise a materialised tensor")
+        if not bool(torch.isfinite(z).all()):
+            # NaN would pick code 0 everywhere and, with EMA, turn the codebook NaN for good
+            raise ValueError("z holds NaN or inf: refusing to quantise (and to update codes)")
 
     def forward(
         self, z: torch.Tensor

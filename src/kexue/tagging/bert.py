@@ -99,7 +99,9 @@ def _read_bert_dir(path: str | os.PathLike) -> tuple[nn.Module, Any]:
         raise ValueError(f"{d}: cannot load the BERT or its tokenizer ({msg})") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
-    return bert, tokenizer
+    # fp16 on disk (the shipped zh-char-bert, many users' checkpoints) loads as fp16 under
+    # transformers 5: fine-tuning in fp16 on a CPU overflows, so train in float32
+    return bert.float(), tokenizer
 
 
 def _make_head(head: str, k: int, constraints: Any, kwargs: dict[str, Any]) -> nn.Module | None:

@@ -149,7 +149,11 @@ def _add_train(t: argparse.ArgumentParser) -> None:
         help="token encoder (bert: a pretrained BERT from --bert-dir)",
     )
     bt = t.add_argument_group("pretrained BERT encoder (--encoder bert)")
-    bt.add_argument("--bert-dir", metavar="DIR", help="local HuggingFace BERT directory")
+    bt.add_argument(
+        "--bert-dir",
+        metavar="DIR",
+        help="local HuggingFace BERT directory, or zh-char-bert (shipped with kexue)",
+    )
     bt.add_argument(
         "--encoder-lr",
         type=float,
@@ -290,7 +294,14 @@ def _validate_bert(args: argparse.Namespace) -> None:
             raise ValueError("--bert-dir needs --encoder bert")
         return
     if not args.bert_dir:
-        raise ValueError("--encoder bert needs --bert-dir DIR (a local HuggingFace BERT)")
+        raise ValueError(
+            "--encoder bert needs --bert-dir DIR (a local HuggingFace BERT, or zh-char-bert: "
+            "the one shipped with kexue)"
+        )
+    from kexue.lm.shipped import SHIPPED, shipped_dir
+
+    if args.bert_dir in SHIPPED:
+        args.bert_dir = str(shipped_dir(args.bert_dir))
     if not Path(args.bert_dir).is_dir():
         raise ValueError(f"--bert-dir {args.bert_dir}: no such directory")
     if not math.isfinite(args.encoder_lr) or args.encoder_lr <= 0:

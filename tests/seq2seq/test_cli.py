@@ -82,3 +82,18 @@ def test_user_errors_are_one_line_exit_2(trained, tmp_path, capsys, monkeypatch)
     assert "line 2" in _err(capsys)
     assert main(["seq2seq", "generate", "--model", str(models["l2r"]), "--beam", "0"]) == 2
     assert "--beam" in _err(capsys)
+
+
+def test_overwrite_replaces_a_run_and_resuming_a_finished_run_says_so(tmp_path, capsys):
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("".join(f"{s}\t{t}\n" for s, t in PAIRS), encoding="utf-8")
+    base = ["seq2seq", "train", "--train", str(tsv), "--out", str(tmp_path / "m"),
+            "--steps", "4", "--batch-size", "2", "--embed-dim", "16", "--num-heads", "2",
+            "--layers", "1", "--ckpt-every", "2", "--no-progress"]  # fmt: skip
+    assert main(base) == 0
+    capsys.readouterr()
+    assert main([*base, "--overwrite"]) == 0  # once always failed: the flag was not passed on
+    assert "loss" in capsys.readouterr().err
+    assert main([*base, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "nan" not in err and "already finished" in err

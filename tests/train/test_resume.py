@@ -193,3 +193,26 @@ def test_fresh_start_in_used_dir_drops_old_checkpoints(tmp_path):
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step_00000003"
     t = _trainer(tmp_path, 5)
     assert t.fit(resume=True)["steps"] == 5
+
+
+def test_resume_on_changed_data_is_refused_not_a_hang(tmp_path):
+    """Checkpoint mid-epoch on 53 examples, then resume on 9: the saved position is past the
+    end of the new epoch. It once looped forever at 100% CPU; now it names the change."""
+    from kexue.train import TrainConfig, Trainer
+
+    from ._tiny import make_model, make_opt_sched
+
+    first = make_trainer(tmp_path / "r", 6, ckpt_every=6, seed=1)
+    first.fit()
+
+    def small(max_steps):
+        model = make_model()
+        opt, sched = make_opt_sched(model)
+        return Trainer(
+            model, opt, train_data=make_data(n=9), loss_fn=loss_fn, scheduler=sched,
+            config=TrainConfig(max_steps=max_steps, batch_size=8, ckpt_every=6, seed=1),
+            out_dir=tmp_path / "r", progress=False,
+        )  # fmt: skip
+
+    with pytest.raises(ValueError, match="training data changed"):
+        small(12).fit(resume=True)

@@ -134,10 +134,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     hist = recipe.fit(model, ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       warmup=min(100, max(1, args.steps // 10)), seed=args.seed, out_dir=out,
                       ckpt_every=args.ckpt_every, resume=args.resume,
-                      progress=not args.no_progress)  # fmt: skip
+                      overwrite=args.overwrite, progress=not args.no_progress)  # fmt: skip
     extra = {"max_src_len": args.max_src_len, "max_tgt_len": args.max_tgt_len}
     recipe.save_model(out, model, vocab, extra)
-    msg = f"trained {kind} model ({hist['steps']} steps, loss {hist['train'].get('loss', float('nan')):.3f})"
+    last = hist["train"].get("loss")
+    loss = f"loss {last:.3f}" if last is not None else "already finished: no step run now"
+    msg = f"trained {kind} model ({hist['steps']} steps, {loss})"
     if dev:
         ev = recipe.evaluate(
             model, vocab, dev, max_src_len=args.max_src_len, max_len=args.max_tgt_len

@@ -144,8 +144,11 @@ def fit(
     ckpt_every: int = 0,
     resume: bool = False,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train with :class:`kexue.train.Trainer` (Adam, linear warm-up then cosine decay, clip 1).
+
+    ``overwrite=True`` discards checkpoints an earlier run left in ``out_dir/train``.
 
     ``out_dir/train`` receives the Trainer's metrics and checkpoints (``resume=True`` continues
     bit-exactly). ``eval_fn(model) -> dict`` gets the bare seq2seq model. Returns the Trainer's
@@ -178,7 +181,7 @@ def fit(
         out_dir=None if out_dir is None else Path(out_dir) / "train",
         progress=progress,
     )
-    history = trainer.fit(resume=resume)
+    history = trainer.fit(resume=resume, overwrite=overwrite)
     model.eval()
     return history
 

@@ -312,6 +312,7 @@ class Trainer:
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                 "rng": rngs,
                 "evals": self.evals,
+                "n_examples": len(self.train_data),
             }
             path = save_checkpoint(
                 self.ckpt_root, self.step, self.model, state, self.config.keep_last
@@ -389,6 +390,14 @@ class Trainer:
                 "resuming with a different batch_size, seed or world size: the data order will "
                 "not match an uninterrupted run",
                 stacklevel=3,
+            )
+        then, now = state.get("n_examples"), len(self.train_data)
+        if then is not None and int(then) != now:
+            # the saved position in the epoch means nothing on other data (and an empty rest
+            # of the epoch once looped forever)
+            raise ValueError(
+                f"checkpoint {path} was written for {then} training examples, the data now has "
+                f"{now}: the training data changed; restore it, or start again with --overwrite"
             )
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
@@ -586,6 +595,11 @@ class Trainer:
         try:
             while self.step < self.max_steps:
                 batches = self._epoch_batches(self.epoch)
+                if not batches:
+                    raise ValueError("the training data gives no batch (empty data set?)")
+                if self.batch_in_epoch >= len(batches):  # never loop on an empty remainder
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    continue
                 loader = make_loader(
                     self.train_data,
                     batches[self.batch_in_epoch :],

@@ -4,6 +4,7 @@ hash manifest of every model directory kexue writes."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 
 import pytest
@@ -75,13 +76,14 @@ def test_new_fields_validate_and_old_keys_stay():
         PretrainConfig(bias=1)
     # a config at the new fields' defaults hashes as one written before they existed
     d = PretrainConfig().to_dict()
-    del d["arch"], d["bias"]
+    del d["arch"], d["bias"], d["pos_init"], d["pos_offset"]
     import hashlib
 
     old = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
     assert PretrainConfig().key() == old
     assert PretrainConfig(arch="prelayernorm").key() != old
     assert PRESETS["zh-char-bert"].dropout == 0.0 and PRESETS["zh-char-bert"].arch == "bert"
+    assert PretrainConfig(pos_offset=True).key() != old
 
 
 @pytest.mark.parametrize("arch", ["bert", "prelayernorm"])
@@ -166,3 +168,41 @@ def test_broken_config_is_named(tmp_path):
     (d / "config.json").write_text("{")
     with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
         load_pretrained(d)
+
+
+def test_sinusoidal_position_init_and_random_offsets():
+    from kexue.lm.pretraining import sinusoids
+
+    t = sinusoids(50, 8)
+    p, i = 7, 1  # dims 2i, 2i+1 at position p
+    f = 10000.0 ** (-2 * i / 8)
+    assert float(t[p, 2 * i]) == pytest.approx(math.sin(p * f), abs=1e-6)
+    assert float(t[p, 2 * i + 1]) == pytest.approx(math.cos(p * f), abs=1e-6)
+    cfg = dataclasses.replace(SMALL, pos_init="sinusoidal")
+    m = build_mlm(cfg, 30)
+    table = m.bert.embeddings.position_embeddings.weight
+    torch.testing.assert_close(table, sinusoids(64, 32) * (0.02 / 0.5**0.5))
+    with pytest.raises(ValueError, match="pos_init"):
+        PretrainConfig(pos_init="rope")
+    with pytest.raises(ValueError, match="pos_offset"):
+        PretrainConfig(pos_offset="yes")
+
+
+def test_random_offsets_train_rows_past_max_len(tmp_path):
+    """Chunks of 16 tokens ([CLS]/[SEP] included) in a 64-row table whose init is known exactly
+    (sinusoids): without offsets rows >= 16 never move; with them they do."""
+    from kexue.lm.pretraining import sinusoids
+
+    init = sinusoids(64, 32) * (0.02 / 0.5**0.5)
+    moved = {}
+    for off in (False, True):
+        cfg = dataclasses.replace(
+            SMALL, max_len=16, steps=8, batch_size=8, warmup=1, lr=1e-2, pos_offset=off,
+            pos_init="sinusoidal", weight_decay=0.0,
+        )  # fmt: skip
+        pretrain(cfg, tmp_path / str(off), progress=False, texts=(corpus(80), corpus(10)))
+        m, _ = load_pretrained(tmp_path / str(off))
+        table = m.bert.embeddings.position_embeddings.weight.detach()
+        moved[off] = (table - init).abs().amax(1) > 1e-7
+    assert bool(moved[False][:16].all()) and not bool(moved[False][16:].any())
+    assert bool(moved[True][40:].all())

@@ -81,6 +81,9 @@ class PretrainConfig:
             table starts as Vaswani et al.'s sinusoids scaled to the same std: nearby positions
             start similar, so attention can find a character's neighbours from the first
             steps; the model stays a plain ``BertForMaskedLM``).
+        pos_offset: True places every training chunk at a random offset of the position
+            table, so all ``max_positions`` rows are trained (a reader's inputs reach far past
+            ``max_len``); held-out evaluation always starts at position 0.
         seed: seeds the model init and the masking.
 
     The defaults follow the equal-CPU-time ablation of ``benchmarks/lm_ablation.py`` (Cramming,
@@ -110,6 +113,7 @@ class PretrainConfig:
     arch: str = "bert"
     bias: bool = True
     pos_init: str = "random"
+    pos_offset: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -147,8 +151,11 @@ class PretrainConfig:
             raise ValueError(
                 f"PretrainConfig.pos_init must be one of {POS_INITS}, got {self.pos_init!r}"
             )
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"PretrainConfig.bias must be a bool, got {self.bias!r}")
+        for name in ("bias", "pos_offset"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"PretrainConfig.{name} must be a bool, got {getattr(self, name)!r}"
+                )
         for name in ("weight_decay", "grad_clip"):
             v = getattr(self, name)
             if not isinstance(v, int | float) or isinstance(v, bool) or not v >= 0:
@@ -161,12 +168,13 @@ class PretrainConfig:
     def key(self) -> str:
         """12 hex digits of the SHA-256 of the sorted-key JSON of the fields (the cache key).
 
-        Fields at their default that older configs lacked (``arch``, ``bias``, ``pos_init``) are
-        left out, so
+        Fields at their default that older configs lacked (``arch``, ``bias``, ``pos_init``,
+        ``pos_offset``) are left out, so
         a config written before they existed keeps its key.
         """
         d = self.to_dict()
-        for name, default in (("arch", "bert"), ("bias", True), ("pos_init", "random")):
+        olds = (("arch", "bert"), ("bias", True), ("pos_init", "random"), ("pos_offset", False))
+        for name, default in olds:
             if d[name] == default:
                 del d[name]
         blob = json.dumps(d, sort_keys=True).encode()
@@ -182,14 +190,16 @@ PRESETS: dict[str, PretrainConfig] = {
         num_layers=4,
         num_heads=4,
         max_positions=512,
-        max_len=128,
-        steps=2600,
+        max_len=64,
+        steps=4400,
         batch_size=64,
         lr=1e-3,
-        warmup=150,
+        warmup=200,
         grad_clip=0.5,
         dropout=0.0,
         mask_prob=0.15,
+        pos_init="sinusoidal",
+        pos_offset=True,
         seed=0,
     ),
 }
@@ -498,17 +508,31 @@ def pretrain(
         inputs, labels = mask_tokens(
             ids, special=special, mask_id=mask_id, vocab_size=v, mask_prob=cfg.mask_prob
         )
-        return {"input_ids": inputs, "attention_mask": valid, "labels": labels}
+        out = {"input_ids": inputs, "attention_mask": valid, "labels": labels}
+        if cfg.pos_offset:  # every row at a random offset: all max_positions rows get trained
+            b, n = ids.shape
+            room = cfg.max_positions - n + 1
+            off = torch.randint(room, (b, 1))
+            out["position_ids"] = off + torch.arange(n)[None]
+        return out
 
     def loss_fn(m: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         sel = batch["labels"] != -100
         parts = encoder_and_head(m)
         if parts is not None:  # bare model: the vocabulary projection on chosen slots only
             enc, head = parts
-            h = enc(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            h = enc(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                position_ids=batch.get("position_ids"),
+            )
             logits = head(h.last_hidden_state[sel])
         else:  # DDP wrapper: call it whole so gradients synchronise
-            out = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            out = m(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                position_ids=batch.get("position_ids"),
+            )
             logits = out.logits[sel]
         loss = torch.nn.functional.cross_entropy(logits, batch["labels"][sel])
         acc = (logits.argmax(-1) == batch["labels"][sel]).float().mean()

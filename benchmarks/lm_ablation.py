@@ -21,7 +21,7 @@ Arms (each changes one thing from the line above it, except where it says "from"
 The arms use a proxy of the shipped shape (4 layers, 128 wide, batch 32) so that a few CPU
 minutes are hundreds of steps.
 
-Usage: ``python benchmarks/lm_ablation.py [--minutes 4] [--snapshot docs/results/bench/lm_ablation.json]``
+Usage: ``python benchmarks/lm_ablation.py [--minutes 4] [--snapshot docs/results/bench/lm-ablation.json]``
 """
 
 from __future__ import annotations
@@ -61,7 +61,10 @@ def arms() -> list[tuple[str, PretrainConfig]]:
         ("today (post-LN, dropout 0.1, lr 5e-4, clip 1)", today),
         ("+ lr 1e-3, clip 0.5", lr),
         ("+ no dropout", nodrop),
-        ("no dropout + sinusoidal position init", dataclasses.replace(nodrop, pos_init="sinusoidal")),
+        (
+            "no dropout + sinusoidal position init",
+            dataclasses.replace(nodrop, pos_init="sinusoidal"),
+        ),
         ("no dropout + pre-LN", dataclasses.replace(nodrop, arch="prelayernorm")),
         ("no dropout + no biases", dataclasses.replace(nodrop, bias=False)),
         ("no dropout + mask 30%", dataclasses.replace(nodrop, mask_prob=0.3)),
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=5.0, help="process CPU minutes per arm")
     ap.add_argument("--valid-texts", type=int, default=600, help="held-out texts scored")
     ap.add_argument("--only", type=int, nargs="*", default=None, help="arm indices to run")
-    add_snapshot_option(ap, "lm_ablation")
+    add_snapshot_option(ap, "lm-ablation")
     args = ap.parse_args(argv)
 
     rows: list[dict] = []
@@ -196,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return rows
 
-    run_recorded(body, args.snapshot, name="lm_ablation", script=__file__, data=lambda: rows)
+    run_recorded(body, args.snapshot, name="lm-ablation", script=__file__, data=lambda: rows)
     return 0
 
 

@@ -133,3 +133,27 @@ def test_an_earlier_run_is_kept_unless_overwrite(tmp_path):
     r = run(*args, "--overwrite")
     assert r.returncode == 0, r.stderr
     assert not (out / "stale.txt").exists()  # the earlier run directory was replaced whole
+
+
+def test_reproduce_without_out_uses_runs_name_and_tuple_hint(tmp_path, monkeypatch, capsys):
+    from kexue.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "init-geometry", "--scale", "smoke", "--no-progress"]) == 0
+    assert (tmp_path / "runs" / "init-geometry" / "results.json").is_file()
+    assert not (tmp_path / "runs" / "results.json").exists()
+    capsys.readouterr()
+    assert main(["reproduce", "init-geometry", "--scale", "smoke", "--out", "x",
+                 "widths=(16,32)"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "widths=16,32" in err and "\n" not in err.strip()
+
+
+def test_report_checks_every_override_before_running_any(tmp_path, capsys):
+    from kexue.cli import main
+
+    argv = ["report", "--scale", "smoke", "--out", str(tmp_path / "r"), "--only",
+            "init-geometry", "optimizers", "widths=16,32"]  # fmt: skip
+    assert main(argv) == 2
+    assert "optimizers" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "init-geometry").exists()  # nothing ran first

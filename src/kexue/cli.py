@@ -64,8 +64,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     names = _names(args.name)
     overrides = parse_overrides(args.overrides)
     out = Path(args.out)
+    default_out = args.out == "runs"  # no --out: runs/NAME, so two experiments never collide
     for name in names:
-        run_dir = out / name if len(names) > 1 else out
+        run_dir = out / name if len(names) > 1 or default_out else out
         res = reproduce(
             name, args.scale, run_dir, overrides, not args.no_progress, args.overwrite, args.resume
         )
@@ -82,6 +83,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for n in names:
         _names(n)
     overrides = parse_overrides(args.overrides)
+    if overrides:  # every override must fit every experiment, checked before any runs
+        from kexue.experiments import get
+        from kexue.experiments.runner import resolve_config
+
+        for n in names:
+            try:
+                resolve_config(get(n).load(), args.scale, overrides)
+            except ValueError as e:
+                raise ValueError(f"{n}: {e}") from None
     out = Path(args.out)
     failures: dict[str, str] = {}
     for name in names:

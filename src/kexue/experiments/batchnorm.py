@@ -114,8 +114,15 @@ def _verdict(ratios: list[float], label: str = "plain/BN") -> tuple[str, str]:
     text = f"{label} = {math.exp(m):.2f}x (geo. mean, n={len(ratios)}; per seed " + ", ".join(
         f"{r:.2f}" for r in ratios
     ) + ")"  # fmt: skip
-    if len(ratios) >= 3 and abs(m) > s:
-        return ("holds" if m > 0 else "does not hold"), text
+    if len(ratios) >= 3:
+        # the verdict rule of kexue.report.stats: paired t-test over seeds (here log ratio
+        # against 0), two-sided p < 0.05
+        from kexue.report.stats import ALPHA, paired_t_test
+
+        _, p = paired_t_test(logs, [0.0] * len(logs))
+        text += f", paired t-test p = {p:.3f}"
+        if p < ALPHA:
+            return ("holds" if m > 0 else "does not hold"), text
     return "within noise", text
 
 

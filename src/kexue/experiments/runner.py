@@ -66,8 +66,11 @@ def _coerce(name: str, raw: str, typ: Any, current: Any) -> Any:
             return None
         return raw
     except (TypeError, ValueError):
+        hint = ""
+        if origin is tuple or isinstance(current, tuple):
+            hint = f" (a tuple is written without brackets: {name}=16,32)"
         raise ValueError(
-            f"override {name}={raw!r}: expected {getattr(typ, '__name__', typ)}"
+            f"override {name}={raw!r}: expected {getattr(typ, '__name__', typ)}{hint}"
         ) from None
 
 

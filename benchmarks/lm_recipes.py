@@ -1,0 +1,83 @@
+"""Two pretraining recipes of the shipped shape compared at (about) equal training tokens, from
+their own checkpoints: held-out MLM accuracy and perplexity on chinese-text valid.
+
+The runs are ``kexue lm pretrain`` directories (``trainer/checkpoints/step_*``); each arm names a
+run directory, a step and a label. Every checkpoint is scored the same way
+(:func:`kexue.lm.evaluate_mlm`: 128-character chunks from position 0, 15 % masked, fixed seed),
+with the unigram baseline beside them.
+
+Usage::
+
+    python benchmarks/lm_recipes.py --arm RUN_DIR STEP "label" [--arm ...] [--snapshot PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kexue.lm import PretrainConfig, build_mlm, evaluate_mlm
+from kexue.lm.pretraining import chinese_texts, unigram_baseline
+from kexue.lm.tokenizer import build_tokenizer
+from kexue.report.bench import add_snapshot_option, run_recorded
+
+
+def load_checkpoint_model(run: Path, step: int, tokenizer):
+    """The masked LM of ``run``'s pretraining config with the weights of checkpoint ``step``."""
+    from safetensors.torch import load_file
+
+    cfg = PretrainConfig(**json.loads((run / "pretrain_config.json").read_text()))
+    ck = run / "trainer" / "checkpoints" / f"step_{step:08d}"
+    if not (ck / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no checkpoint {ck}")
+    model = build_mlm(cfg, len(tokenizer))
+    state = load_file(str(ck / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if "decoder.weight" not in m]:
+        raise ValueError(f"{ck}: weights do not match the config ({missing[:3]}, {unexpected[:3]})")
+    model.tie_weights()
+    return model.eval(), cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arm", nargs=3, action="append", metavar=("RUN", "STEP", "LABEL"),
+                    required=True)  # fmt: skip
+    ap.add_argument("--valid-texts", type=int, default=0, help="0: all of valid")
+    add_snapshot_option(ap, "lm-recipes")
+    args = ap.parse_args(argv)
+    rows: list[dict] = []
+
+    def body() -> None:
+        train = chinese_texts("train")
+        valid = chinese_texts("valid", args.valid_texts)
+        uni = None
+        print("**Pretraining recipes at about equal training tokens** (4 x 256 BERT; held-out "
+              f"= {len(valid)} chinese-text valid texts, 128-character chunks, 15% masked)\n")  # fmt: skip
+        print("| recipe | step | training tokens | held-out MLM acc | perplexity |")
+        print("|---|---:|---:|---:|---:|")
+        for run, step, label in args.arm:
+            run_dir = Path(run).expanduser()
+            pc = PretrainConfig(**json.loads((run_dir / "pretrain_config.json").read_text()))
+            tok = build_tokenizer(train, min_freq=pc.min_freq, max_size=pc.max_vocab or None)
+            if uni is None:
+                uni = unigram_baseline(tok, train, valid)
+                print(f"| unigram baseline (no learning) | 0 | 0 | {uni['mlm_accuracy']:.3f} | "
+                      f"{uni['perplexity']:.1f} |")  # fmt: skip
+            model, cfg = load_checkpoint_model(run_dir, int(step), tok)
+            ev = evaluate_mlm(model, tok, valid, max_len=128)
+            tokens = int(step) * cfg.batch_size * cfg.max_len  # packed chunks: full but the last
+            rows.append({"label": label, "run": str(run_dir), "step": int(step),
+                         "tokens": tokens, "config": cfg.to_dict(), **ev})  # fmt: skip
+            print(f"| {label} | {step} | {tokens / 1e6:.1f} M | {ev['mlm_accuracy']:.3f} | "
+                  f"{ev['perplexity']:.1f} |", flush=True)  # fmt: skip
+        rows.append({"label": "unigram", **(uni or {})})
+
+    run_recorded(body, args.snapshot, name="lm-recipes", script=__file__, data=lambda: rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

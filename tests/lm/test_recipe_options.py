@@ -4,8 +4,8 @@ hash manifest of every model directory kexue writes."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import json
+import math
 
 import pytest
 import torch

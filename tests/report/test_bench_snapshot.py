@@ -75,3 +75,15 @@ def test_tee_stdout_records_and_still_prints(capsys):
         print("row 2")
     assert rec.getvalue() == "| a |\nrow 2\n"
     assert capsys.readouterr().out == "| a |\nrow 2\n"
+
+
+def test_snapshot_records_the_commit_it_was_measured_at(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    snap = write_snapshot(tmp_path / "s.json", name="s", command="c", markdown="x")
+    root = Path(__file__).resolve().parents[2]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+    if head:  # a git checkout (CI's clean clone is one)
+        assert snap["commit"].split("+")[0] == head

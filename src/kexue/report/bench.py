@@ -134,6 +134,26 @@ def run_recorded(
     return out
 
 
+def current_commit() -> str | None:
+    """The git commit the working tree is at, with ``+dirty`` when it has uncommitted changes
+    (``None`` outside a git checkout): the code a measurement was made with."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "") if head else None
+
+
 def write_snapshot(
     path: str | Path, *, name: str, command: str, markdown: str, data: Any = None
 ) -> dict[str, Any]:
@@ -157,6 +177,7 @@ def write_snapshot(
         "name": name,
         "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": current_commit(),
         "machine": machine(),
         "markdown": markdown.strip("\n"),
         "data": data,

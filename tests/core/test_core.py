@@ -244,3 +244,31 @@ def test_fresh_empty_populates_the_mapping_before_any_write(populate, monkeypatc
     assert bool(big.eq(0).all())
     if populate == "fallback" and _thp_mode() in ("always", "madvise"):
         assert held - before > 60  # each huge page written once is wholly resident
+
+
+def test_huge_page_buffers_can_be_turned_off(monkeypatch):
+    """KEXUE_HUGE_PAGES=0 or set_huge_pages(False): plain torch.empty tensors, which resize and
+    take out= of another shape; the default mapping's storage does not."""
+    import torch
+
+    from kexue.core import buffers
+
+    like = torch.empty(0)
+    n = buffers.HUGE_MIN_BYTES // 4
+    monkeypatch.setattr(buffers, "_ENABLED", None)
+    monkeypatch.setenv("KEXUE_HUGE_PAGES", "0")
+    t = buffers.fresh_empty(like, (n,))
+    t.resize_(n + 1024)  # a plain tensor: fine
+    torch.add(torch.ones(n + 7), 1, out=t)
+    monkeypatch.setenv("KEXUE_HUGE_PAGES", "1")
+    buffers.set_huge_pages(False)
+    assert not buffers.huge_pages_enabled()
+    buffers.fresh_empty(like, (n,)).resize_(n + 1024)
+    buffers.set_huge_pages(None)
+    assert buffers.huge_pages_enabled()
+    if buffers._CAN_MAP:
+        m = buffers.fresh_empty(like, (n,))
+        with pytest.raises(RuntimeError):
+            m.resize_(n + 1024)  # the documented limit of the mapped buffers
+    with pytest.raises(TypeError):
+        buffers.set_huge_pages("no")

@@ -21,7 +21,10 @@ was measured 10-20x slower (a 32 MiB copy on 2 threads into the fresh mapping: 5
 3 ms to populate plus 3 ms to copy).
 
 The tensor is ordinary except that its storage cannot be resized (``resize_`` to a larger size
-raises), like every ``torch.frombuffer`` tensor.
+raises, and so does ``out=`` into it with a larger shape), like every ``torch.frombuffer``
+tensor, and that its memory is not counted by torch's allocator statistics or the profiler's
+memory view. Set ``KEXUE_HUGE_PAGES=0`` in the environment (read at every call) or call
+:func:`set_huge_pages` ``(False)`` to get plain ``torch.empty`` tensors everywhere instead.
 """
 
 from __future__ import annotations
@@ -66,6 +69,33 @@ def _populate(mm: mmap.mmap, flat: torch.Tensor, offset: int, nbytes: int, item:
         flat[:: _HUGE_PAGE // item].zero_()
 
 
+_ENABLED: bool | None = None  # None: follow the KEXUE_HUGE_PAGES environment variable
+
+
+def set_huge_pages(enabled: bool | None) -> None:
+    """Turn the huge-page buffers of :func:`fresh_empty` on or off for this process (``None``:
+    follow ``KEXUE_HUGE_PAGES``, default on). Off, every buffer is a plain ``torch.empty``
+    tensor: resizable, and counted by torch's allocator statistics and profiler."""
+    global _ENABLED
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool or None, got {enabled!r}")
+    _ENABLED = enabled
+
+
+def huge_pages_enabled() -> bool:
+    """Whether :func:`fresh_empty` may hand out huge-page mappings now."""
+    if _ENABLED is not None:
+        return _ENABLED
+    import os
+
+    return os.environ.get("KEXUE_HUGE_PAGES", "1").strip().lower() not in (
+        "0",
+        "false",
+        "no",
+        "off",
+    )
+
+
 def fresh_empty(
     like: torch.Tensor, shape: Sequence[int] | None = None, *, zero: bool = False
 ) -> torch.Tensor:
@@ -82,7 +112,7 @@ def fresh_empty(
         else torch.empty(tuple(shape), dtype=like.dtype, device="meta")
     )
     nbytes = meta.numel() * meta.element_size()
-    if _CAN_MAP and like.device.type == "cpu" and nbytes >= HUGE_MIN_BYTES:
+    if _CAN_MAP and like.device.type == "cpu" and nbytes >= HUGE_MIN_BYTES and huge_pages_enabled():
         flat = _mapped(nbytes, like.dtype, meta.element_size())
         if flat is not None:
             return flat.as_strided(meta.shape, meta.stride())

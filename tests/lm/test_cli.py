@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from kexue.cli import main
 
 
@@ -55,3 +57,28 @@ def test_lm_pretrain_and_eval(tmp_path, capsys):
     assert "no checkpoints" in _err(
         capsys, ["lm", "pretrain", "--out", str(tmp_path / "b3"), "--resume"]
     )
+
+
+def test_preset_flags_given_override_even_at_the_plain_default(monkeypatch):
+    """--hidden 128 with --preset zh-char-bert must give 128 although 128 is also the plain
+    default (the flag was once ignored when it equalled the default)."""
+    import kexue.lm.cli as cli
+
+    seen = {}
+
+    def fake_pretrain(cfg, out, **kw):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "pretrain", fake_pretrain)
+    import argparse
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    lm = cli.add_subparser(sub)
+    args = lm.parse_args(["pretrain", "--out", "/nonexistent/x", "--preset", "zh-char-bert",
+                          "--hidden", "128", "--steps", "10", "--warmup", "5"])  # fmt: skip
+    with pytest.raises(SystemExit):
+        cli.cmd_pretrain(args)
+    cfg = seen["cfg"]
+    assert cfg.hidden_size == 128 and cfg.steps == 10
+    assert cfg.pos_offset is True  # the rest is the preset's

@@ -25,9 +25,18 @@ _FIELDS = {  # flag -> PretrainConfig field
 }  # fmt: skip
 
 
+class _Fmt(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except ``None`` ones (those say their default in the text)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``lm pretrain`` and ``lm eval`` on the main CLI; returns ``lm``."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    """Register ``lm pretrain``, ``lm export`` and ``lm eval`` on the main CLI; returns ``lm``."""
+    fmt = _Fmt
     lm = subparsers.add_parser("lm", help="pretrain / score a tiny Chinese BERT (MLM)")
     sub = lm.add_subparsers(dest="lm_command", metavar="SUBCOMMAND", parser_class=type(lm))
     d = PretrainConfig()
@@ -37,22 +46,87 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(PRESETS),
         default=None,
-        help="a named recipe (zh-char-bert rebuilds the shipped model); explicit flags that "
-        "differ from their defaults override it",
+        help="a named recipe (zh-char-bert rebuilds the shipped model); the flags given "
+        "override it",
     )
-    p.add_argument("--hidden", type=int, default=d.hidden_size, help="hidden size")
-    p.add_argument("--layers", type=int, default=d.num_layers, help="Transformer blocks")
-    p.add_argument("--heads", type=int, default=d.num_heads, help="attention heads")
-    p.add_argument("--max-len", type=int, default=d.max_len, help="chunk length in tokens")
-    p.add_argument("--max-positions", type=int, default=d.max_positions, help="position table")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="chunks per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (one-cycle)")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps")
-    p.add_argument("--min-freq", type=int, default=d.min_freq, help="vocabulary: min count")
-    p.add_argument("--max-vocab", type=int, default=d.max_vocab, help="0: no cap")
-    p.add_argument("--max-texts", type=int, default=d.max_texts, help="0: all training texts")
-    p.add_argument("--seed", type=int, default=d.seed, help="model init and masking seed")
+    p.add_argument(
+        "--hidden",
+        type=int,
+        default=None,
+        help=f"hidden size  (default: {d.hidden_size}; with --preset: the preset's)",
+    )
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help=f"Transformer blocks  (default: {d.num_layers}; with --preset: the preset's)",
+    )
+    p.add_argument(
+        "--heads",
+        type=int,
+        default=None,
+        help=f"attention heads  (default: {d.num_heads}; with --preset: the preset's)",
+    )
+    p.add_argument(
+        "--max-len",
+        type=int,
+        default=None,
+        help=f"chunk length in tokens  (default: {d.max_len}; with --preset: the preset's)",
+    )
+    p.add_argument(
+        "--max-positions",
+        type=int,
+        default=None,
+        help=f"position table  (default: {d.max_positions}; with --preset: the preset's)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"optimizer steps  (default: {d.steps}; with --preset: the preset's)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"chunks per step  (default: {d.batch_size}; with --preset: the preset's)",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"peak learning rate (one-cycle)  (default: {d.lr}; with --preset: the preset's)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help=f"linear warm-up steps  (default: {d.warmup}; with --preset: the preset's)",
+    )
+    p.add_argument(
+        "--min-freq",
+        type=int,
+        default=None,
+        help=f"vocabulary: min count  (default: {d.min_freq}; with --preset: the preset's)",
+    )
+    p.add_argument(
+        "--max-vocab",
+        type=int,
+        default=None,
+        help=f"0: no cap  (default: {d.max_vocab}; with --preset: the preset's)",
+    )
+    p.add_argument(
+        "--max-texts",
+        type=int,
+        default=None,
+        help=f"0: all training texts  (default: {d.max_texts}; with --preset: the preset's)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"model init and masking seed  (default: {d.seed}; with --preset: the preset's)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/trainer checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
@@ -65,6 +139,13 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     x.add_argument("--model", required=True, metavar="DIR", help="a `lm pretrain` directory")
+    x.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="export the run's Trainer checkpoint at this step (an unfinished run) instead of "
+        "its final weights",
+    )
     x.add_argument("--out", required=True, metavar="DIR", help="the fp16 HF directory to write")
     x.add_argument("--name", default="zh-char-bert", help="the model's name in its manifest")
     x.add_argument("--check-texts", type=int, default=200, help="held-out texts of the check")
@@ -106,12 +187,9 @@ def check_device(device: str | None) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Handler of ``kexue lm pretrain``."""
-    given = {f: getattr(args, a) for f, a in _FIELDS.items()}
-    if args.preset is None:
-        cfg = PretrainConfig(**given)
-    else:  # a flag left at its parser default keeps the preset's value
-        base, d = PRESETS[args.preset], PretrainConfig()
-        cfg = dataclasses.replace(base, **{f: v for f, v in given.items() if v != getattr(d, f)})
+    given = {f: getattr(args, a) for f, a in _FIELDS.items() if getattr(args, a) is not None}
+    base = PRESETS[args.preset] if args.preset else PretrainConfig()
+    cfg = dataclasses.replace(base, **given)  # only the flags given override the base
     if cfg.warmup > cfg.steps:
         raise ValueError(f"--warmup ({cfg.warmup}) must not exceed --steps ({cfg.steps})")
     check_device(args.device)
@@ -167,6 +245,13 @@ def export_report(model_dir: Any, *, check_texts: int = 200) -> dict[str, Any]:
     return out
 
 
+def torch_threads() -> int:
+    """torch's intra-op threads now (what a run in this process used)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Handler of ``kexue lm export``."""
     from pathlib import Path
@@ -175,28 +260,58 @@ def cmd_export(args: argparse.Namespace) -> int:
     from kexue.lm.shipped import export_fp16
 
     src = Path(args.model)
-    if not (src / "config.json").is_file():
-        raise FileNotFoundError(f"--model {src}: not a HF model directory (no config.json)")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise ValueError(f"--out {out} is not empty: pass --overwrite to replace it")
     if args.check_texts < 1:
         raise ValueError(f"--check-texts must be >= 1, got {args.check_texts}")
     info: dict[str, Any] = {"name": args.name, "format": "HF BertForMaskedLM, fp16 safetensors"}
-    for fname, key in (("pretrain_config.json", "config"), ("pretrain_eval.json", "pretraining")):
-        if (src / fname).is_file():
-            info[key] = json.loads((src / fname).read_text())
-    pre = info.get("pretraining", {})
-    hist = pre.get("history", {})
+    if (src / "pretrain_config.json").is_file():
+        info["config"] = json.loads((src / "pretrain_config.json").read_text())
+    pre: dict[str, Any] = {}
+    if args.step is None:
+        if not (src / "config.json").is_file():
+            raise FileNotFoundError(f"--model {src}: not a HF model directory (no config.json)")
+        if (src / "pretrain_eval.json").is_file():
+            pre = json.loads((src / "pretrain_eval.json").read_text())
+        hist = pre.get("history", {})
+        steps, wall = hist.get("steps"), hist.get("wall_time")
+        model_dir = src
+    else:
+        from kexue.lm.model import save_pretrained
+        from kexue.lm.pretraining import model_from_checkpoint
+
+        model, tok, cfg = model_from_checkpoint(src, args.step)
+        records = [
+            json.loads(line)
+            for line in (src / "trainer" / "metrics.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+        at = [r for r in records if r.get("event") == "train" and r.get("step") == args.step]
+        steps, wall = args.step, (at[-1]["time"] if at else None)
+        pre = {"final_loss": at[-1]["loss"] if at else None}
+        info["schedule"] = (
+            f"checkpoint at step {args.step} of the {cfg.steps}-step schedule (linear warm-up "
+            f"over {cfg.warmup}, linear decay to 0 at {cfg.steps}); resuming the run, or "
+            "`kexue lm pretrain --preset` from scratch, reproduces it bit for bit at that step"
+        )
+        model_dir = out.parent / f".{out.name}.checkpoint"
+        save_pretrained(model, tok, model_dir)
+    cfgd = info.get("config", {})
     info["pretraining"] = {
         "corpus": "kexue.data chinese-text train (MSRA NER sentences, LCSTS texts, CSL "
-        "abstracts, CLUENER texts; no CMRC text), packed into 126-character chunks",
-        "steps": hist.get("steps"),
-        "wall_seconds": hist.get("wall_time"),
-        "chunks": pre.get("chunks"),
+        "abstracts, CLUENER texts; no CMRC text), packed into "
+        f"{cfgd.get('max_len', 128) - 2}-character chunks",
+        "steps": steps,
+        "tokens": steps * cfgd["batch_size"] * cfgd["max_len"] if steps and cfgd else None,
+        "wall_seconds": wall,
+        "threads": torch_threads(),
+        "cpu_hours_estimate": wall * torch_threads() / 3600 if wall else None,
         "final_train_loss": pre.get("final_loss"),
     }
-    export_fp16(src, out, info=info)
+    export_fp16(model_dir, out, info=info)
+    if model_dir != src:
+        shutil.rmtree(model_dir, ignore_errors=True)
     # scores of the fp16 weights as they load (in float32), not of the float32 original
     rep = export_report(out, check_texts=args.check_texts)
     info.update(rep)

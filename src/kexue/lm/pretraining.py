@@ -182,19 +182,23 @@ class PretrainConfig:
 
 
 #: Named pretraining recipes (``kexue lm pretrain --preset NAME``). ``zh-char-bert`` is the
-#: model shipped in the package (:func:`kexue.lm.shipped_dir`): BERT-mini's shape (4 x 256,
-#: as RoBERTa-Mini), sized so that one run fits about 1.5 h on 2 CPU cores.
+#: model shipped in the package (:func:`kexue.lm.shipped_dir`): a 2 x 256 BERT, 64-token chunks
+#: at random offsets of a sinusoid-initialised 512-row position table, batch 128. Measured here:
+#: a 4 x 256 BERT with 128-token chunks from position 0 (batch 64) and one with this recipe's
+#: chunks stayed on the unigram plateau for 9M and 4M training tokens (held-out accuracy at the
+#: unigram baseline's), while this one left it after about 6M tokens
+#: (``benchmarks/lm_recipes.py``). The shipped weights are its checkpoint at step 3360.
 PRESETS: dict[str, PretrainConfig] = {
     "zh-char-bert": PretrainConfig(
         hidden_size=256,
-        num_layers=4,
-        num_heads=4,
+        num_layers=2,
+        num_heads=2,
         max_positions=512,
         max_len=64,
-        steps=4400,
-        batch_size=64,
+        steps=4800,
+        batch_size=128,
         lr=1e-3,
-        warmup=200,
+        warmup=300,
         grad_clip=0.5,
         dropout=0.0,
         mask_prob=0.15,
@@ -601,6 +605,49 @@ def pretrain(
         atomic_write_json(out / "pretrain_eval.json", result)
         write_dir_manifest(out)  # last: it covers the two files above
     return result
+
+
+def model_from_checkpoint(
+    run_dir: str | os.PathLike, step: int | None = None
+) -> tuple[Any, Any, PretrainConfig]:
+    """``(model, tokenizer, config)`` of a :func:`pretrain` run at a Trainer checkpoint, e.g. an
+    interrupted or still running one (its ``pretrain_config.json`` must be in ``run_dir``).
+
+    The tokenizer is rebuilt from the training text as :func:`pretrain` builds it
+    (deterministic: the same vocabulary, in the same order); the weights are verified against
+    the checkpoint's manifest. ``step=None``: the newest checkpoint.
+
+    Raises:
+        FileNotFoundError: no config or no such checkpoint. ValueError: a corrupt checkpoint or
+            weights that do not fit the config.
+    """
+    from kexue.train.checkpoint import read_checkpoint
+
+    run = Path(run_dir)
+    cf = run / "pretrain_config.json"
+    if not cf.is_file():
+        raise FileNotFoundError(f"{run}: no pretrain_config.json (not a `kexue lm pretrain` run)")
+    cfg = PretrainConfig(**json.loads(cf.read_text()))
+    ckroot = run / "trainer" / "checkpoints"
+    steps = (
+        sorted(int(p.name.split("_")[1]) for p in ckroot.glob("step_*")) if ckroot.is_dir() else []
+    )
+    if not steps:
+        raise FileNotFoundError(f"{run}: no checkpoints under {ckroot}")
+    step = steps[-1] if step is None else int(step)
+    if step not in steps:
+        raise FileNotFoundError(f"{run}: no checkpoint at step {step} (have {steps})")
+    weights, _ = read_checkpoint(ckroot / f"step_{step:08d}")
+    train_texts = chinese_texts("train", cfg.max_texts)
+    tokenizer = build_tokenizer(train_texts, min_freq=cfg.min_freq, max_size=cfg.max_vocab or None)
+    model = build_mlm(cfg, len(tokenizer))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or [m for m in missing if not m.endswith("decoder.weight")]:
+        raise ValueError(
+            f"{ckroot}: weights do not fit the config ({missing[:3]}, {unexpected[:3]})"
+        )
+    model.tie_weights()
+    return model.eval(), tokenizer, cfg
 
 
 def cache_dir() -> Path:

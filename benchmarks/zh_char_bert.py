@@ -23,21 +23,25 @@ def card(man: dict) -> str:
         f"**`{man['name']}`**: {man['format']}, {size / 2**20:.1f} MiB; "
         f"{c['num_layers']} layers x {c['hidden_size']}, {c['num_heads']} heads, vocabulary "
         f"{man['vocab_size']}; {pre['steps']} steps of batch {c['batch_size']} x {c['max_len']} "
-        f"on {pre['corpus']}; {pre['wall_seconds'] / 3600:.2f} h on "
-        f"{pre.get('threads', 2)} CPU threads (recipe: `kexue lm pretrain --preset "
-        f"{man['name']}`)\n",
-        "| held-out text | MLM accuracy | unigram baseline | perplexity | unigram perplexity |",
-        "|---|---:|---:|---:|---:|",
+        f"({pre['tokens'] / 1e6:.1f} M tokens) on {pre['corpus']}; "
+        f"{pre['wall_seconds'] / 3600:.2f} h wall on {pre.get('threads') or '?'} CPU threads "
+        f"(recipe: `kexue lm pretrain --preset {man['name']}`; {man.get('schedule', 'the whole schedule')})\n",
+        "| held-out text | MLM accuracy | unigram baseline | perplexity | unigram perplexity "
+        "| target (issue 31) |",
+        "|---|---:|---:|---:|---:|---|",
     ]
+    targets = {"chinese_text_valid": 0.35, "cmrc2018_trial_passages": 0.30}
     names = {
         "chinese_text_valid": "chinese-text valid (in domain)",
         "cmrc2018_trial_passages": "CMRC 2018 trial passages (never seen: domain shift)",
     }
     for key, label in names.items():
         e = ev[key]
+        met = "met" if e["mlm_accuracy"] >= targets[key] else "not met"
         lines.append(
             f"| {label} | {e['mlm_accuracy']:.3f} | {e['unigram']['mlm_accuracy']:.3f} | "
-            f"{e['perplexity']:.1f} | {e['unigram']['perplexity']:.1f} |"
+            f"{e['perplexity']:.1f} | {e['unigram']['perplexity']:.1f} | "
+            f">= {targets[key]:.2f}: {met} |"
         )
     lines.append(
         "\n15% of the characters masked (all by `[MASK]`, fixed seed), chunks of 128; the "

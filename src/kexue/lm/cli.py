@@ -149,6 +149,12 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, metavar="DIR", help="the fp16 HF directory to write")
     x.add_argument("--name", default="zh-char-bert", help="the model's name in its manifest")
     x.add_argument("--check-texts", type=int, default=200, help="held-out texts of the check")
+    x.add_argument(
+        "--train-threads",
+        type=int,
+        default=None,
+        help="torch threads the pretraining ran with (for the manifest's CPU hours)",
+    )
     x.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     x.set_defaults(func=cmd_export)
 
@@ -245,13 +251,6 @@ def export_report(model_dir: Any, *, check_texts: int = 200) -> dict[str, Any]:
     return out
 
 
-def torch_threads() -> int:
-    """torch's intra-op threads now (what a run in this process used)."""
-    import torch
-
-    return torch.get_num_threads()
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     """Handler of ``kexue lm export``."""
     from pathlib import Path
@@ -305,8 +304,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         "steps": steps,
         "tokens": steps * cfgd["batch_size"] * cfgd["max_len"] if steps and cfgd else None,
         "wall_seconds": wall,
-        "threads": torch_threads(),
-        "cpu_hours_estimate": wall * torch_threads() / 3600 if wall else None,
+        "threads": args.train_threads,
+        "cpu_hours_estimate": (
+            wall * args.train_threads / 3600 if wall and args.train_threads else None
+        ),
         "final_train_loss": pre.get("final_loss"),
     }
     export_fp16(model_dir, out, info=info)

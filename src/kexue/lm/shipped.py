@@ -19,7 +19,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kexue.core.io import DIR_MANIFEST, staged_dir, verify_dir_manifest, write_dir_manifest
+from kexue.core.io import (
+    DIR_MANIFEST,
+    default_file_mode,
+    staged_dir,
+    verify_dir_manifest,
+    write_dir_manifest,
+)
 
 __all__ = ["SHIPPED", "export_fp16", "resolve_model_dir", "shipped_dir"]
 
@@ -80,5 +86,7 @@ def export_fp16(
     model = model.to(torch.float16)
     with staged_dir(out) as tmp:
         save_pretrained(model, tok, tmp, manifest=False)
+        for f in tmp.iterdir():  # package data: readable by everyone, as any installed file
+            os.chmod(f, default_file_mode())
         write_dir_manifest(tmp, extra=info)
     return Path(out)

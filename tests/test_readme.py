@@ -72,7 +72,7 @@ BENCH_BLOCKS = bench_blocks(TEXT)
 
 def test_readme_has_the_generated_benchmark_blocks():
     names = {"attention", "attention-decode", "optim", "tagging", "train", "vq", "seq2seq", "mrc"}
-    names |= {"analysis", "init"}
+    names |= {"analysis", "init", "lm", "lm-recipes", "zh-char-bert"}
     assert names <= {name for name, _ in BENCH_BLOCKS}
 
 

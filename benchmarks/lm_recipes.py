@@ -1,10 +1,13 @@
-"""Two pretraining recipes of the shipped shape compared at (about) equal training tokens, from
-their own checkpoints: held-out MLM accuracy and perplexity on chinese-text valid.
+"""Pretraining recipes compared from their own checkpoints: held-out MLM accuracy and
+perplexity on chinese-text valid, with the training tokens each had seen.
 
 The runs are ``kexue lm pretrain`` directories (``trainer/checkpoints/step_*``); each arm names a
 run directory, a step and a label. Every checkpoint is scored the same way
 (:func:`kexue.lm.evaluate_mlm`: 128-character chunks from position 0, 15 % masked, fixed seed),
 with the unigram baseline beside them.
+
+An arm may also be a ``kexue lm export`` directory (its manifest gives the config and step;
+the STEP argument is then ignored).
 
 Usage::
 
@@ -54,19 +57,28 @@ def main(argv: list[str] | None = None) -> int:
         train = chinese_texts("train")
         valid = chinese_texts("valid", args.valid_texts)
         uni = None
-        print("**Pretraining recipes at about equal training tokens** (4 x 256 BERT; held-out "
+        print("**Pretraining recipes, each at the tokens its run reached** (held-out "
               f"= {len(valid)} chinese-text valid texts, 128-character chunks, 15% masked)\n")  # fmt: skip
         print("| recipe | step | training tokens | held-out MLM acc | perplexity |")
         print("|---|---:|---:|---:|---:|")
         for run, step, label in args.arm:
             run_dir = Path(run).expanduser()
-            pc = PretrainConfig(**json.loads((run_dir / "pretrain_config.json").read_text()))
-            tok = build_tokenizer(train, min_freq=pc.min_freq, max_size=pc.max_vocab or None)
+            man = run_dir / "kexue_manifest.json"
+            if (run_dir / "config.json").is_file() and man.is_file():  # a `lm export` directory
+                from kexue.lm import load_pretrained
+
+                info = json.loads(man.read_text())
+                model, tok = load_pretrained(run_dir)
+                cfg = PretrainConfig(**info["config"])
+                step = str(info["pretraining"]["steps"])
+            else:
+                pc = PretrainConfig(**json.loads((run_dir / "pretrain_config.json").read_text()))
+                tok = build_tokenizer(train, min_freq=pc.min_freq, max_size=pc.max_vocab or None)
+                model, cfg = load_checkpoint_model(run_dir, int(step), tok)
             if uni is None:
                 uni = unigram_baseline(tok, train, valid)
                 print(f"| unigram baseline (no learning) | 0 | 0 | {uni['mlm_accuracy']:.3f} | "
                       f"{uni['perplexity']:.1f} |")  # fmt: skip
-            model, cfg = load_checkpoint_model(run_dir, int(step), tok)
             ev = evaluate_mlm(model, tok, valid, max_len=128)
             tokens = int(step) * cfg.batch_size * cfg.max_len  # packed chunks: full but the last
             rows.append({"label": label, "run": str(run_dir), "step": int(step),

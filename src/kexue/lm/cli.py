@@ -291,8 +291,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         pre = {"final_loss": at[-1]["loss"] if at else None}
         info["schedule"] = (
             f"checkpoint at step {args.step} of the {cfg.steps}-step schedule (linear warm-up "
-            f"over {cfg.warmup}, linear decay to 0 at {cfg.steps}); resuming the run, or "
-            "`kexue lm pretrain --preset` from scratch, reproduces it bit for bit at that step"
+            f"over {cfg.warmup}, linear decay to 0 at {cfg.steps}); `--resume` continues "
+            "that run, and the preset runs the same schedule from scratch"
         )
         model_dir = out.parent / f".{out.name}.checkpoint"
         save_pretrained(model, tok, model_dir)

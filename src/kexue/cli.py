@@ -83,15 +83,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for n in names:
         _names(n)
     overrides = parse_overrides(args.overrides)
-    if overrides:  # every override must fit every experiment, checked before any runs
+    if overrides:  # every key must exist in every experiment: checked before any runs
+        import dataclasses
+
         from kexue.experiments import get
-        from kexue.experiments.runner import resolve_config
 
         for n in names:
-            try:
-                resolve_config(get(n).load(), args.scale, overrides)
-            except ValueError as e:
-                raise ValueError(f"{n}: {e}") from None
+            fields = {f.name for f in dataclasses.fields(get(n).load().PRESETS[args.scale])}
+            unknown = sorted(set(overrides) - fields)
+            if unknown:
+                raise ValueError(
+                    f"{n} has no config key {', '.join(map(repr, unknown))} (it would fail "
+                    "after the others ran); give the override to `kexue reproduce` instead"
+                )
     out = Path(args.out)
     failures: dict[str, str] = {}
     for name in names:

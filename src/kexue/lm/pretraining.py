@@ -187,7 +187,7 @@ class PretrainConfig:
 #: a 4 x 256 BERT with 128-token chunks from position 0 (batch 64) and one with this recipe's
 #: chunks stayed on the unigram plateau for 9M and 4M training tokens (held-out accuracy at the
 #: unigram baseline's), while this one left it after about 6M tokens
-#: (``benchmarks/lm_recipes.py``). The shipped weights are its checkpoint at step 3360.
+#: (``benchmarks/lm_recipes.py``). The shipped weights are the end of its 4,800-step schedule.
 PRESETS: dict[str, PretrainConfig] = {
     "zh-char-bert": PretrainConfig(
         hidden_size=256,

@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import sys
 import time
-from collections import Counter
 
 import torch
 
@@ -43,6 +42,7 @@ from kexue.lm.pretraining import (
     evaluate_mlm,
     mask_tokens,
     pack_texts,
+    unigram_baseline,
 )
 from kexue.lm.tokenizer import build_tokenizer, encode_chars
 from kexue.report.bench import add_snapshot_option, run_recorded
@@ -137,13 +137,6 @@ def train_arm(
     return {"model": model, "steps": steps, "tokens": tokens, "cpu_s": cpu, "last_loss": losses[-1]}
 
 
-def unigram_accuracy(tokenizer, train: list[str], valid: list[str]) -> float:
-    """Held-out accuracy of always answering the most frequent training character."""
-    top = Counter(c for t in train for c in encode_chars(tokenizer, t)).most_common(1)[0][0]
-    ids = [c for t in valid for c in encode_chars(tokenizer, t)]
-    return sum(c == top for c in ids) / max(len(ids), 1)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=5.0, help="process CPU minutes per arm")
@@ -159,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         valid = chinese_texts("valid", args.valid_texts)
         tok = build_tokenizer(train, min_freq=BASE.min_freq)
         chunks = pack_texts([encode_chars(tok, t) for t in train], BASE.max_len - 2)
-        uni = unigram_accuracy(tok, train, valid)
+        uni = unigram_baseline(tok, train, valid)["mlm_accuracy"]
         budget = args.minutes * 60
         print(
             f"**Pretraining ablation at equal CPU time** ({args.minutes:g} process-CPU min per "

@@ -21,27 +21,9 @@ import json
 import sys
 from pathlib import Path
 
-from kexue.lm import PretrainConfig, build_mlm, evaluate_mlm
-from kexue.lm.pretraining import chinese_texts, unigram_baseline
-from kexue.lm.tokenizer import build_tokenizer
+from kexue.lm import PretrainConfig, evaluate_mlm
+from kexue.lm.pretraining import chinese_texts, model_from_checkpoint, unigram_baseline
 from kexue.report.bench import add_snapshot_option, run_recorded
-
-
-def load_checkpoint_model(run: Path, step: int, tokenizer):
-    """The masked LM of ``run``'s pretraining config with the weights of checkpoint ``step``."""
-    from safetensors.torch import load_file
-
-    cfg = PretrainConfig(**json.loads((run / "pretrain_config.json").read_text()))
-    ck = run / "trainer" / "checkpoints" / f"step_{step:08d}"
-    if not (ck / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no checkpoint {ck}")
-    model = build_mlm(cfg, len(tokenizer))
-    state = load_file(str(ck / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [m for m in missing if "decoder.weight" not in m]:
-        raise ValueError(f"{ck}: weights do not match the config ({missing[:3]}, {unexpected[:3]})")
-    model.tie_weights()
-    return model.eval(), cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = PretrainConfig(**info["config"])
                 step = str(info["pretraining"]["steps"])
             else:
-                pc = PretrainConfig(**json.loads((run_dir / "pretrain_config.json").read_text()))
-                tok = build_tokenizer(train, min_freq=pc.min_freq, max_size=pc.max_vocab or None)
-                model, cfg = load_checkpoint_model(run_dir, int(step), tok)
+                model, tok, cfg = model_from_checkpoint(run_dir, int(step))
             if uni is None:
                 uni = unigram_baseline(tok, train, valid)
                 print(f"| unigram baseline (no learning) | 0 | 0 | {uni['mlm_accuracy']:.3f} | "

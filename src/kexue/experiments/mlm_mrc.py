@@ -26,7 +26,7 @@ from kexue.core.checks import check_config_int
 from kexue.core.seed import seed_everything
 from kexue.core.threads import num_threads
 from kexue.lm import PretrainConfig, cached_pretrained
-from kexue.mrc.recipe import KINDS, evaluate, fit, load_examples, make_reader
+from kexue.mrc.recipe import KINDS, evaluate, fit, lead_baseline, load_examples, make_reader
 from kexue.report.result import Result
 
 NAMES = {"mlm": "MLM (one pass)", "ar": "AR (UniLM seq2seq)", "span": "span (start/end)"}
@@ -195,18 +195,6 @@ def bert_dir(cfg: Config, progress: bool = True) -> tuple[Path, dict[str, Any]]:
         "cached": True,
         "manifest": man,
     }  # fmt: skip
-
-
-def lead_baseline(train: list, test: list) -> dict[str, float]:
-    """Scores of answering with the first k characters of the first passage, k = the median
-    length of the training answers (no learning; chosen on training data only)."""
-    from kexue.mrc.metrics import evaluate_predictions
-
-    lengths = sorted(len(ex.answers[0]) for ex in train if ex.answers)
-    k = lengths[len(lengths) // 2] if lengths else 1
-    labelled = [ex for ex in test if ex.answers]
-    preds = ["".join(ex.passages[0].split())[:k] for ex in labelled]
-    return {**evaluate_predictions(preds, [ex.answers for ex in labelled]), "k": float(k)}
 
 
 def run(cfg: Config, out_dir: Path, progress: bool = True) -> Result:

@@ -36,6 +36,7 @@ __all__ = [
     "TrainSet",
     "evaluate",
     "fit",
+    "lead_baseline",
     "load_examples",
     "load_reader",
     "make_reader",
@@ -379,3 +380,13 @@ def load_reader(path: str | os.PathLike, **overrides: Any) -> Any:
     kwargs.update(overrides)
     model, tok = load_pretrained(path, head="qa" if kind == "span" else "mlm")
     return KINDS[kind](model, tok, **kwargs)
+
+
+def lead_baseline(train: list, test: list) -> dict[str, float]:
+    """Scores of answering with the first k characters of the first passage, k = the median
+    length of the training answers (no learning; chosen on training data only)."""
+    lengths = sorted(len(ex.answers[0]) for ex in train if ex.answers)
+    k = lengths[len(lengths) // 2] if lengths else 1
+    labelled = [ex for ex in test if ex.answers]
+    preds = ["".join(ex.passages[0].split())[:k] for ex in labelled]
+    return {**evaluate_predictions(preds, [ex.answers for ex in labelled]), "k": float(k)}

@@ -206,3 +206,20 @@ def test_random_offsets_train_rows_past_max_len(tmp_path):
         moved[off] = (table - init).abs().amax(1) > 1e-7
     assert bool(moved[False][:16].all()) and not bool(moved[False][16:].any())
     assert bool(moved[True][40:].all())
+
+
+def test_the_pretraining_loss_equals_hf_labels_loss():
+    """mlm_loss (projection at the masked positions only) == HF's labels= loss, which projects
+    every position; a wrong selection index in the fast path breaks the equality."""
+    from kexue.lm.pretraining import mlm_loss
+
+    torch.manual_seed(0)
+    m = build_mlm(SMALL, 40).eval()
+    ids = torch.randint(5, 40, (3, 11))
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[1, 7], labels[2, 0], labels[2, 9] = 9, 12, 30, 5
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    batch = {"input_ids": ids, "attention_mask": valid, "labels": labels}
+    loss, _ = mlm_loss(m, batch)
+    want = m(input_ids=ids, attention_mask=valid, labels=labels).loss
+    torch.testing.assert_close(loss, want)

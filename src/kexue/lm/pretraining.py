@@ -457,6 +457,41 @@ def sinusoids(n: int, d: int) -> torch.Tensor:
     return out.float()
 
 
+def mlm_loss(m: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    r"""The pretraining step's loss: mean cross-entropy over the positions whose label is not
+    -100, with the vocabulary projection computed at those ``k`` positions only.
+
+    Args:
+        m: a bare HF masked LM (:func:`encoder_and_head` finds its parts) or a DDP wrapper
+            (called whole, projecting every position).
+        batch: ``input_ids``, ``attention_mask``, ``labels`` ``(b, n)``; optional
+            ``position_ids``.
+
+    Returns:
+        ``(loss, {"mlm_acc", "tokens"})``.
+    """
+    sel = batch["labels"] != -100
+    parts = encoder_and_head(m)
+    if parts is not None:  # bare model: the vocabulary projection on chosen slots only
+        enc, head = parts
+        h = enc(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch.get("position_ids"),
+        )
+        logits = head(h.last_hidden_state[sel])
+    else:  # DDP wrapper: call it whole so gradients synchronise
+        out = m(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch.get("position_ids"),
+        )
+        logits = out.logits[sel]
+    loss = torch.nn.functional.cross_entropy(logits, batch["labels"][sel])
+    acc = (logits.argmax(-1) == batch["labels"][sel]).float().mean()
+    return loss, {"mlm_acc": acc, "tokens": float(batch["attention_mask"].sum())}
+
+
 def encoder_and_head(model: Any) -> tuple[Any, Any] | None:
     """``(encoder, MLM head)`` of a bare HF masked LM (``None`` for a wrapper such as DDP).
 
@@ -520,27 +555,7 @@ def pretrain(
             out["position_ids"] = off + torch.arange(n)[None]
         return out
 
-    def loss_fn(m: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        sel = batch["labels"] != -100
-        parts = encoder_and_head(m)
-        if parts is not None:  # bare model: the vocabulary projection on chosen slots only
-            enc, head = parts
-            h = enc(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                position_ids=batch.get("position_ids"),
-            )
-            logits = head(h.last_hidden_state[sel])
-        else:  # DDP wrapper: call it whole so gradients synchronise
-            out = m(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                position_ids=batch.get("position_ids"),
-            )
-            logits = out.logits[sel]
-        loss = torch.nn.functional.cross_entropy(logits, batch["labels"][sel])
-        acc = (logits.argmax(-1) == batch["labels"][sel]).float().mean()
-        return loss, {"mlm_acc": acc, "tokens": float(batch["attention_mask"].sum())}
+    loss_fn = mlm_loss
 
     def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
         if step < cfg.warmup:

@@ -18,7 +18,8 @@ WORDS = (1, 4, 5)
 def tiny(seed: int = 0, vocab: int = V) -> Seq2Seq:
     torch.manual_seed(seed)
     cfg = Seq2SeqConfig(vocab_size=vocab, embed_dim=16, num_heads=2, encoder_layers=1,
-                        decoder_layers=2, dropout=0.0, copy_prior=seed % 2 == 1)  # fmt: skip
+                        decoder_layers=2, dropout=0.0, copy_prior=seed % 2 == 1,
+                        pointer=seed % 3 == 2)  # fmt: skip
     model = Seq2Seq(cfg).eval()
     with torch.no_grad():  # sharper distributions than the init: searches differ from greedy
         model.out.weight.mul_(3.0)

@@ -13,15 +13,20 @@ V = 9
 BOS, EOS, PAD = 2, 3, 0
 
 
-def tiny(seed: int = 0, layers: int = 2, copy: bool = False) -> BidirectionalSeq2Seq:
+def tiny(
+    seed: int = 0, layers: int = 2, copy: bool = False, pointer: bool = False
+) -> BidirectionalSeq2Seq:
     torch.manual_seed(seed)
     cfg = Seq2SeqConfig(vocab_size=V, embed_dim=16, num_heads=2, encoder_layers=1,
-                        decoder_layers=layers, dropout=0.0, copy_prior=copy)  # fmt: skip
+                        decoder_layers=layers, dropout=0.0, copy_prior=copy, pointer=pointer)  # fmt: skip
     model = BidirectionalSeq2Seq(cfg).eval()
-    if copy:
-        with torch.no_grad():
+    with torch.no_grad():
+        if copy:
             model.base.copy_log_scale.normal_()
             model.base.copy_shift.normal_()
+        if pointer:  # a gate away from 1/2 and peaked copy attention
+            model.base.copy_gate.bias.normal_()
+            model.base.copy_query.weight.mul_(4.0)
     return model
 
 
@@ -139,9 +144,11 @@ def test_pseudo_targets_remove_the_leak() -> None:
     assert (ql - nll_l).abs().max() > 1e-6  # the context really is the pseudo sequence
 
 
-@pytest.mark.parametrize("layers,copy", [(1, False), (2, True)])
-def test_cached_pair_step_equals_full_forward(layers, copy) -> None:
-    model = tiny(seed=4, layers=layers, copy=copy)
+@pytest.mark.parametrize(
+    "layers,copy,pointer", [(1, False, False), (2, True, False), (2, False, True)]
+)
+def test_cached_pair_step_equals_full_forward(layers, copy, pointer) -> None:
+    model = tiny(seed=4, layers=layers, copy=copy, pointer=pointer)
     src, _, _ = data(b=2)
     B, n = 3, 5
     g = torch.Generator().manual_seed(7)

@@ -210,7 +210,8 @@ class BidirectionalSeq2Seq(nn.Module):
         z_l = self.cross_l2r(h_l, c_r, self._step_mask(t, cm_r))
         z_r = self.cross_r2l(h_r, c_l, self._step_mask(t, cm_l))
         bag = self.base.source_bag(src, src_mask)
-        return self.base.project(z_l, bag), self.base.project(z_r, bag)
+        ptr = self.base.pointer_context(src, memory, src_mask)
+        return self.base.project(z_l, bag, ptr), self.base.project(z_r, bag, ptr)
 
     def lists(
         self, tgt: torch.Tensor, tgt_mask: torch.Tensor
@@ -281,8 +282,9 @@ class BidirectionalSeq2Seq(nn.Module):
         bag = self.base.source_bag(src, self.base.encode_mask(src, src_mask))
         if bag is not None:
             bag = bag.repeat_interleave(beam, 0)
-        l2r = DecodeState(memory, mask, [DecoderCache() for _ in self.base.decoder], 0, bag)
-        r2l = DecodeState(memory, mask, [DecoderCache() for _ in self.decoder_r2l], 0, bag)
+        ptr = self.base.pointer_context(src.repeat_interleave(beam, 0), memory, mask)
+        l2r = DecodeState(memory, mask, [DecoderCache() for _ in self.base.decoder], 0, bag, ptr)
+        r2l = DecodeState(memory, mask, [DecoderCache() for _ in self.decoder_r2l], 0, bag, ptr)
         return BiDecodeState(l2r, r2l, beam)
 
     def _top_step(self, direction: int, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
@@ -343,10 +345,12 @@ class BidirectionalSeq2Seq(nn.Module):
                 kv.extend([new[0], new[1]])
         z_l = self._pairs(self.cross_l2r, h_l, *state.kv_r2l)
         z_r = self._pairs(self.cross_r2l, h_r, *state.kv_l2r)
-        bag = state.l2r.bag
+        bag, ptr = state.l2r.bag, state.l2r.pointer
         if bag is not None:
             bag = bag.view(-1, k, bag.shape[-1])[:, 0]  # (b, v): one source per example
+        if ptr is not None:  # likewise one source per example: (b, s, ...)
+            ptr = tuple(x.view(-1, k, *x.shape[1:])[:, 0] for x in ptr)
         proj = self.base.project
-        return torch.log_softmax(proj(z_l, bag).float(), -1), torch.log_softmax(
-            proj(z_r, bag).float(), -1
+        return torch.log_softmax(proj(z_l, bag, ptr).float(), -1), torch.log_softmax(
+            proj(z_r, bag, ptr).float(), -1
         )

@@ -52,6 +52,12 @@ class Seq2SeqConfig:
         copy_prior: Su's copy prior: logits averaged with a learned per-token scale-shift of the
             0/1 vector of tokens present in the source,
             :math:`\tfrac12(z + e^{\sigma}\odot\mathbb 1_{\text{in src}} + \beta)`.
+        pointer: a pointer-generator output (See, Liu & Manning 2017): the next-token
+            distribution mixes generation and copying a source position,
+            :math:`p(w) = g\,\mathrm{softmax}(z)_w + (1-g)\sum_{j:\,x_j=w} a_j` with
+            :math:`a = \mathrm{softmax}_j(q(h)\cdot k(m_j)/\sqrt d)` over valid source positions
+            and :math:`g = \sigma(w_g\cdot h + b_g)`. Titles reuse most of their characters from
+            the source (91% on CSL, 63% on LCSTS), which this models directly.
     """
 
     vocab_size: int
@@ -66,6 +72,7 @@ class Seq2SeqConfig:
     eos_id: int = 3
     tie_embeddings: bool = True
     copy_prior: bool = False
+    pointer: bool = False
 
     def __post_init__(self) -> None:
         check_positive_int(self.vocab_size, "vocab_size", 2)
@@ -87,7 +94,7 @@ class Seq2SeqConfig:
                 raise ValueError(f"{name} must be an int in [0, {self.vocab_size}), got {i!r}")
         if len({self.pad_id, self.bos_id, self.eos_id}) != 3:
             raise ValueError("pad_id, bos_id and eos_id must be distinct")
-        for flag in ("tie_embeddings", "copy_prior"):
+        for flag in ("tie_embeddings", "copy_prior", "pointer"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
 
@@ -119,6 +126,8 @@ class DecodeState:
         caches: one :class:`DecoderCache` per decoder block.
         length: tokens fed so far (the next token's position).
         bag: ``(b, v)`` 0/1 source-token indicator (copy prior) or None.
+        pointer: ``(keys (b, s, d), source ids (b, s), mask (b, s))`` of the pointer output,
+            or None.
     """
 
     memory: torch.Tensor
@@ -126,6 +135,7 @@ class DecodeState:
     caches: list[DecoderCache] = field(default_factory=list)
     length: int = 0
     bag: torch.Tensor | None = None
+    pointer: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def reorder(self, index: torch.Tensor, *, source: bool = True) -> None:
         """Keep rows ``index (b',)`` (beam reordering, dropping finished examples) in place.
@@ -140,6 +150,8 @@ class DecodeState:
             self.memory, self.memory_mask = self.memory[index], self.memory_mask[index]
             if self.bag is not None:
                 self.bag = self.bag[index]
+            if self.pointer is not None:
+                self.pointer = tuple(x[index] for x in self.pointer)
         for c in self.caches:
             c.reorder(index, source=source)
 
@@ -236,6 +248,10 @@ class Seq2Seq(nn.Module):
         if c.copy_prior:
             self.copy_log_scale = nn.Parameter(torch.zeros(c.vocab_size))
             self.copy_shift = nn.Parameter(torch.zeros(c.vocab_size))
+        if c.pointer:
+            self.copy_query = nn.Linear(d, d, bias=False)
+            self.copy_key = nn.Linear(d, d, bias=False)
+            self.copy_gate = nn.Linear(d, 1)
 
     def source_bag(self, src: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor | None:
         """``(b, v)`` float 0/1: which tokens occur in each source (None without copy prior)."""
@@ -246,13 +262,49 @@ class Seq2Seq(nn.Module):
         bag[:, self.config.pad_id] = 0.0  # padding must not count as a source token
         return bag
 
-    def project(self, h: torch.Tensor, bag: torch.Tensor | None) -> torch.Tensor:
-        """Logits ``(b, ..., v)`` of states ``h (b, ..., d)``, with the copy prior if enabled."""
+    def pointer_context(
+        self, src: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(copy keys (b, s, d), src (b, s), src_mask (b, s))`` (None without the pointer)."""
+        if not self.config.pointer:
+            return None
+        return self.copy_key(memory), src, src_mask
+
+    def project(
+        self,
+        h: torch.Tensor,
+        bag: torch.Tensor | None,
+        pointer: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        r"""Logits ``(b, ..., v)`` of states ``h (b, ..., d)``, with the copy prior if enabled.
+
+        With ``pointer`` (from :meth:`pointer_context`, one source per row of ``h``), the result
+        is the pointer-generator's normalised log-probabilities (a valid logit vector):
+        :math:`\log\big(g\,\mathrm{softmax}(z) + (1-g)\,A\big)` where
+        :math:`A_{w} = \sum_{j: x_j = w} a_j` (see :class:`Seq2SeqConfig`).
+        """
         z = self.out(h)
-        if bag is None:
+        if bag is not None:
+            bag = bag.reshape(bag.shape[0], *([1] * (z.dim() - 2)), bag.shape[1])
+            z = 0.5 * (z + bag * self.copy_log_scale.exp() + self.copy_shift)
+        if pointer is None:
             return z
-        bag = bag.reshape(bag.shape[0], *([1] * (z.dim() - 2)), bag.shape[1])
-        return 0.5 * (z + bag * self.copy_log_scale.exp() + self.copy_shift)
+        keys, ids, mask = pointer
+        b, d, v = h.shape[0], h.shape[-1], z.shape[-1]
+        acc = torch.promote_types(h.dtype, torch.float32)  # float32 at least (fp16/bf16 models)
+        hf = h.reshape(b, -1, d)
+        scores = torch.einsum("bnd,bsd->bns", self.copy_query(hf), keys).to(acc) / math.sqrt(d)
+        att = scores.masked_fill(~mask[:, None], float("-inf")).softmax(-1)
+        copy = torch.zeros(b, hf.shape[1], v, device=h.device, dtype=att.dtype)
+        copy.scatter_add_(2, ids[:, None].expand(-1, hf.shape[1], -1), att)
+        gate = self.copy_gate(hf).to(acc)
+        # clamp: a token absent from the source has copy mass 0; log(0) would make the
+        # (zero-weighted) gradient of logaddexp NaN.
+        logp = torch.logaddexp(
+            F.logsigmoid(gate) + torch.log_softmax(z.reshape(b, -1, v).to(acc), -1),
+            F.logsigmoid(-gate) + torch.log(copy.clamp_min(1e-30)),
+        )
+        return logp.reshape(*h.shape[:-1], v)
 
     # ------------------------------------------------------------------ pieces
     def _embed(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
@@ -327,7 +379,9 @@ class Seq2Seq(nn.Module):
         check_shape(inp, "inp", (src.shape[0], "t"))
         _check_ids(inp, "inp", self.config.vocab_size)
         return self.project(
-            self.decode(inp, memory, src_mask, inp_mask), self.source_bag(src, src_mask)
+            self.decode(inp, memory, src_mask, inp_mask),
+            self.source_bag(src, src_mask),
+            self.pointer_context(src, memory, src_mask),
         )
 
     def _token_logprobs(self, src, tgt, src_mask, tgt_mask) -> tuple[torch.Tensor, torch.Tensor]:
@@ -419,7 +473,8 @@ class Seq2Seq(nn.Module):
         bag = self.source_bag(src, self.encode_mask(src, src_mask))
         if bag is not None and repeat > 1:
             bag = bag.repeat_interleave(repeat, 0)
-        return DecodeState(memory, mask, [DecoderCache() for _ in self.decoder], 0, bag)
+        ptr = self.pointer_context(src.repeat_interleave(repeat, 0), memory, mask)
+        return DecodeState(memory, mask, [DecoderCache() for _ in self.decoder], 0, bag, ptr)
 
     def encode_mask(self, src: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor:
         """The validated ``(b, s)`` source mask (default ``src != pad_id``)."""
@@ -447,4 +502,5 @@ class Seq2Seq(nn.Module):
                 cache=cache,
             )
         state.length += 1
-        return torch.log_softmax(self.project(self.dec_norm(x[:, 0]), state.bag).float(), -1)
+        z = self.project(self.dec_norm(x[:, 0]), state.bag, state.pointer)
+        return torch.log_softmax(z.float(), -1)

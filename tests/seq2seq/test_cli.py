@@ -21,7 +21,7 @@ def trained(tmp_path_factory):
     models = {}
     for kind in ("l2r", "bidirectional"):
         out = d / kind
-        argv = ["seq2seq", "train", "--train", str(tsv), "--dev", str(tsv), "--out", str(out),
+        argv = ["seq2seq", "train", "--train", str(tsv), "--holdout", "0", "--out", str(out),
                 "--steps", "60", "--batch-size", "8", "--lr", "0.005", "--embed-dim", "32",
                 "--num-heads", "2", "--layers", "1", "--no-progress"]  # fmt: skip
         if kind == "bidirectional":
@@ -97,3 +97,23 @@ def test_overwrite_replaces_a_run_and_resuming_a_finished_run_says_so(tmp_path, 
     assert main([*base, "--resume"]) == 0
     err = capsys.readouterr().err
     assert "nan" not in err and "already finished" in err
+
+
+def test_holdout_selection_and_time_budget(tmp_path, capsys) -> None:
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("".join(f"{s}\t{t}\n" for s, t in PAIRS * 5), encoding="utf-8")
+    base = ["seq2seq", "train", "--train", str(tsv), "--steps", "12", "--batch-size", "4",
+            "--embed-dim", "16", "--num-heads", "2", "--layers", "1", "--no-progress"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "a"), "--eval-every", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "kept step" in err and "dev ROUGE-L" in err  # 10% of 20 pairs held out
+    meta = json.loads((tmp_path / "a" / "seq2seq.json").read_text(encoding="utf-8"))
+    assert meta["selected"]["step"] in (4, 8, 12)
+    assert main([*base, "--out", str(tmp_path / "b"), "--holdout", "0", "--no-pointer"]) == 0
+    assert "kept step" not in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "c"), "--max-minutes", "0.00001"]) == 0
+    assert "stopped by --max-minutes" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "d"), "--holdout", "20"]) == 2
+    assert "--holdout 20 leaves no training pairs" in _err(capsys)
+    assert main([*base, "--out", str(tmp_path / "d"), "--label-smoothing", "1.5"]) == 2
+    assert "--label-smoothing" in _err(capsys)

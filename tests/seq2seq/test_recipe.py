@@ -101,3 +101,39 @@ def test_load_model_errors(tmp_path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="malformed"):
         recipe.load_model(tmp_path)
+
+
+def test_dev_selection_keeps_the_best_evaluation_weights(tmp_path, monkeypatch) -> None:
+    """Scripted dev scores (best in the middle, a tie later): the model ends with the weights
+    of the first best evaluation, also after a resume that reads ``best.safetensors``."""
+    torch.manual_seed(0)
+    v = recipe.build_vocab(PAIRS)
+    data = recipe.encode_pairs(v, PAIRS, max_src_len=16, max_tgt_len=8)
+    model = recipe.new_model("l2r", v, embed_dim=32, num_heads=2, encoder_layers=1,
+                             decoder_layers=1, dropout=0.0, pointer=True)  # fmt: skip
+    script = iter([0.1, 0.5, 0.3, 0.5, 0.2])
+    seen: list[dict] = []
+
+    def fake_evaluate(m, *a, **k):
+        seen.append({n: p.detach().clone() for n, p in m.state_dict().items()})
+        return {"rougeL": next(script)}
+
+    monkeypatch.setattr(recipe, "evaluate", fake_evaluate)
+    kw = dict(batch_size=8, lr=5e-3, warmup=2, dev=(v, PAIRS[:4]), eval_every=4,
+              dev_src_len=16, dev_tgt_len=8)  # fmt: skip
+    hist = recipe.fit(model, data, steps=20, out_dir=tmp_path, ckpt_every=4, **kw)
+    assert len(seen) == 5 and hist["best"] == {"step": 8, "dev_rougeL": 0.5}
+    for n, p in model.state_dict().items():
+        assert torch.equal(p, seen[1][n]), n
+    assert not all(torch.equal(p, seen[-1][n]) for n, p in model.state_dict().items())
+    # a fresh process resuming the finished run knows the best weights only from disk
+    fresh = recipe.new_model("l2r", v, embed_dim=32, num_heads=2, encoder_layers=1,
+                             decoder_layers=1, dropout=0.0, pointer=True)  # fmt: skip
+    hist2 = recipe.fit(fresh, data, steps=20, out_dir=tmp_path, resume=True, **kw)
+    assert hist2["best"]["step"] == 8
+    for n, p in fresh.state_dict().items():
+        assert torch.equal(p, seen[1][n]), n
+    with pytest.raises(ValueError, match="dev"):
+        recipe.fit(model, data, steps=1, dev=(v, []))
+    with pytest.raises(ValueError, match="max_seconds"):
+        recipe.fit(model, data, steps=1, max_seconds=0)

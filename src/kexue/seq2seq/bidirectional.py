@@ -233,6 +233,7 @@ class BidirectionalSeq2Seq(nn.Module):
         pseudo: torch.Tensor | None = None,
         pseudo_mask: torch.Tensor | None = None,
         reduction: str = "mean",
+        label_smoothing: float = 0.0,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         r"""Joint loss :math:`\tfrac12(\mathrm{CE}_{l2r} + \mathrm{CE}_{r2l})` (token means).
 
@@ -247,6 +248,7 @@ class BidirectionalSeq2Seq(nn.Module):
             reduction: ``"mean"`` (scalar), or ``"none"``: ``(nll_l2r, nll_r2l)``, each
                 ``(b, t+1)`` with zeros at padding (R2L position ``i`` predicts the ``i``-th token
                 from the end).
+            label_smoothing: as in ``F.cross_entropy``, in both directions.
 
         Returns:
             The loss, or the two per-position NLL tensors.
@@ -264,8 +266,14 @@ class BidirectionalSeq2Seq(nn.Module):
             pl, _, pr, _, pmask = self.lists(pseudo, pm)
             context = (pl, pr, pmask, pmask)
         logit_l, logit_r = self.forward(src, inp_l, inp_r, src_mask, mask, mask, context=context)
-        nll_l = F.cross_entropy(logit_l.float().transpose(1, 2), out_l, reduction="none") * mask
-        nll_r = F.cross_entropy(logit_r.float().transpose(1, 2), out_r, reduction="none") * mask
+        ls = label_smoothing
+        nll_l = F.cross_entropy(
+            logit_l.float().transpose(1, 2), out_l, reduction="none", label_smoothing=ls
+        )
+        nll_r = F.cross_entropy(
+            logit_r.float().transpose(1, 2), out_r, reduction="none", label_smoothing=ls
+        )
+        nll_l, nll_r = nll_l * mask, nll_r * mask
         if reduction == "none":
             return nll_l, nll_r
         n = mask.sum()

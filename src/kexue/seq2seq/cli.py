@@ -33,7 +33,9 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     src = t.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", choices=DATASETS, help="shipped dataset")
     src.add_argument("--train", metavar="FILE", help="your own training pairs (TSV)")
-    t.add_argument("--dev", metavar="FILE", help="your own evaluation pairs (with --train)")
+    t.add_argument("--dev", metavar="FILE",
+                   help="your own dev pairs for model selection (with --train; default: the last "
+                   "--holdout training pairs)")  # fmt: skip
     t.add_argument("--source-col", type=int, default=0, help="source column of your TSV files")
     t.add_argument("--target-col", type=int, default=1, help="target column of your TSV files")
     t.add_argument("--bidirectional", action="store_true", help="L2R + R2L decoders (Su 2019)")
@@ -49,6 +51,19 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--max-src-len", type=int, default=128)
     t.add_argument("--max-tgt-len", type=int, default=32)
     t.add_argument("--max-train", type=int, default=0, help="first N training pairs (0: all)")
+    t.add_argument("--pointer", action=argparse.BooleanOptionalAction, default=True,
+                   help="pointer-generator output: copy source characters")  # fmt: skip
+    t.add_argument("--copy-prior", action=argparse.BooleanOptionalAction, default=True,
+                   help="Su's copy prior on the output logits")  # fmt: skip
+    t.add_argument("--dropout", type=float, default=0.1)
+    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--holdout", type=int, default=None,
+                   help="training pairs held out for model selection when there is no --dev "
+                   "(default: 10%% of them, at most 200; 0: keep the last weights)")  # fmt: skip
+    t.add_argument("--eval-every", type=int, default=0,
+                   help="steps between dev evaluations (0: 10 per run)")  # fmt: skip
+    t.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop cleanly after this much training time (0: no limit)")  # fmt: skip
     t.add_argument("--min-freq", type=int, default=1, help="keep characters seen this often")
     t.add_argument(
         "--ckpt-every", type=int, default=500, help="checkpoint every N steps (and at the end)"
@@ -101,10 +116,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     for flag, minimum in (("steps", 1), ("batch_size", 1), ("embed_dim", 1), ("num_heads", 1),
                           ("layers", 1), ("max_src_len", 1), ("max_tgt_len", 1), ("max_train", 0),
-                          ("min_freq", 1), ("source_col", 0), ("target_col", 0), ("ckpt_every", 1)):  # fmt: skip
+                          ("min_freq", 1), ("source_col", 0), ("target_col", 0), ("ckpt_every", 1),
+                          ("eval_every", 0)):  # fmt: skip
         check_positive_int(getattr(args, flag), "--" + flag.replace("_", "-"), minimum)
     if not math.isfinite(args.lr) or args.lr <= 0:
         raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    for flag in ("dropout", "label_smoothing"):
+        v = getattr(args, flag)
+        if not math.isfinite(v) or not 0.0 <= v < 1.0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1), got {v}")
+    if not math.isfinite(args.max_minutes) or args.max_minutes < 0:
+        raise ValueError(f"--max-minutes must be a finite number >= 0, got {args.max_minutes}")
     if args.embed_dim % args.num_heads:
         raise ValueError(
             f"--embed-dim {args.embed_dim} must be divisible by --num-heads {args.num_heads}"
@@ -114,13 +136,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume and not (out / "train" / "checkpoints").is_dir():
         raise ValueError(f"--resume: no checkpoints in {out / 'train'}")
+    test: list = []
     if args.data:
-        train, dev = data.load(args.data, "train"), data.load(args.data, "test")[:200]
+        train, test = data.load(args.data, "train"), data.load(args.data, "test")
     else:
         train = _pairs(args.train, args.source_col, args.target_col)
-        dev = _pairs(args.dev, args.source_col, args.target_col) if args.dev else []
     if args.max_train:
         train = train[: args.max_train]
+    holdout = min(200, len(train) // 10) if args.holdout is None else args.holdout
+    check_positive_int(holdout, "--holdout", 0)
+    if args.dev:
+        dev = _pairs(args.dev, args.source_col, args.target_col)
+    elif holdout:
+        if holdout >= len(train):
+            raise ValueError(
+                f"--holdout {holdout} leaves no training pairs (there are {len(train)})"
+            )
+        train, dev = train[:-holdout], train[-holdout:]
+    else:
+        dev = []
     vocab = recipe.build_vocab(train, min_freq=args.min_freq)
     ds = recipe.encode_pairs(
         vocab, train, max_src_len=args.max_src_len, max_tgt_len=args.max_tgt_len
@@ -130,21 +164,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     kind = "bidirectional" if args.bidirectional else "l2r"
     model = recipe.new_model(kind, vocab, embed_dim=args.embed_dim, num_heads=args.num_heads,
-                             encoder_layers=args.layers, decoder_layers=args.layers, copy_prior=True)  # fmt: skip
+                             encoder_layers=args.layers, decoder_layers=args.layers,
+                             dropout=args.dropout, copy_prior=args.copy_prior,
+                             pointer=args.pointer)  # fmt: skip
     hist = recipe.fit(model, ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       warmup=min(100, max(1, args.steps // 10)), seed=args.seed, out_dir=out,
                       ckpt_every=args.ckpt_every, resume=args.resume,
-                      overwrite=args.overwrite, progress=not args.no_progress)  # fmt: skip
+                      overwrite=args.overwrite, progress=not args.no_progress,
+                      label_smoothing=args.label_smoothing,
+                      dev=(vocab, dev) if dev else None, eval_every=args.eval_every or None,
+                      dev_src_len=args.max_src_len, dev_tgt_len=args.max_tgt_len,
+                      max_seconds=args.max_minutes * 60 or None)  # fmt: skip
     extra = {"max_src_len": args.max_src_len, "max_tgt_len": args.max_tgt_len}
+    if "best" in hist:
+        extra["selected"] = hist["best"]
     recipe.save_model(out, model, vocab, extra)
     last = hist["train"].get("loss")
     loss = f"loss {last:.3f}" if last is not None else "already finished: no step run now"
-    msg = f"trained {kind} model ({hist['steps']} steps, {loss})"
-    if dev:
-        ev = recipe.evaluate(
-            model, vocab, dev, max_src_len=args.max_src_len, max_len=args.max_tgt_len
-        )
-        msg += ", dev " + ", ".join(
+    msg = f"trained {kind} model ({hist['steps']} steps, {loss}"
+    if hist.get("stopped"):
+        msg += f", stopped by --max-minutes {args.max_minutes:g}"
+    msg += ")"
+    if "best" in hist:
+        b = hist["best"]
+        msg += f", kept step {b['step']} (dev ROUGE-L {100 * b['dev_rougeL']:.1f}, greedy)"
+    if test:
+        ev = recipe.evaluate(model, vocab, test, max_src_len=args.max_src_len,
+                             max_len=args.max_tgt_len)  # fmt: skip
+        msg += f", {args.data} test ({len(test)} pairs, beam 3) " + ", ".join(
             f"{k} {100 * ev[k]:.1f}" for k in ("rouge1", "rouge2", "rougeL", "bleu")
         )
     print(f"{msg} -> {out}", file=sys.stderr)

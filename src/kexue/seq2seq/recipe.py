@@ -119,14 +119,16 @@ def kind_of(model: nn.Module) -> str:
 class _Loss(nn.Module):
     """Forward = the model's training loss, so DDP (torchrun) synchronises its gradients."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.label_smoothing = label_smoothing
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, pseudo: torch.Tensor | None = None):
+        ls = {"label_smoothing": self.label_smoothing}
         if pseudo is None:
-            return self.model.loss(src, tgt)
-        return self.model.loss(src, tgt, pseudo=pseudo)
+            return self.model.loss(src, tgt, **ls)
+        return self.model.loss(src, tgt, pseudo=pseudo, **ls)
 
 
 def fit(
@@ -138,6 +140,7 @@ def fit(
     lr: float = 1e-3,
     warmup: int = 100,
     seed: int = 0,
+    label_smoothing: float = 0.0,
     out_dir: str | os.PathLike | None = None,
     eval_fn: Any = None,
     eval_every: int | None = None,
@@ -145,16 +148,41 @@ def fit(
     resume: bool = False,
     progress: bool = False,
     overwrite: bool = False,
+    dev: tuple[Vocab, Sequence[tuple[str, str]]] | None = None,
+    dev_src_len: int = 256,
+    dev_tgt_len: int = 32,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Train with :class:`kexue.train.Trainer` (Adam, linear warm-up then cosine decay, clip 1).
 
+    Model selection: with ``dev = (vocab, pairs)`` (held-out *training* pairs, never the test
+    set), the greedy character ROUGE-L of ``pairs`` is computed every ``eval_every`` steps
+    (default: 10 times per run) and at the end, and the model ends with the weights of the best
+    evaluation (the first of equal scores; kept in ``out_dir/best.safetensors`` so a resumed run
+    knows them); ``history["best"] = {"step", "dev_rougeL"}``. ``max_seconds`` stops cleanly
+    once training (evaluations included; a resumed run counts the interrupted one's time) has
+    taken that long; ``history["stopped"]`` says so. The schedule still follows ``steps``.
+
     ``overwrite=True`` discards checkpoints an earlier run left in ``out_dir/train``.
+    ``label_smoothing`` is that of ``F.cross_entropy`` (on the pointer's mixture when the model
+    has one).
 
     ``out_dir/train`` receives the Trainer's metrics and checkpoints (``resume=True`` continues
     bit-exactly). ``eval_fn(model) -> dict`` gets the bare seq2seq model. Returns the Trainer's
     history; the model is trained in place.
     """
-    wrapper = _Loss(model)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
+    if dev is not None and eval_fn is not None:
+        raise ValueError("give dev or eval_fn, not both")
+    wrapper = _Loss(model, label_smoothing)
+    sel = None
+    if dev is not None:
+        sel = _Selection(model, *dev, dev_src_len, dev_tgt_len, out_dir)
+        eval_fn = sel.eval_fn
+        eval_every = eval_every or max(1, steps // 10)
 
     def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict]:
         loss = m(*batch)
@@ -180,10 +208,46 @@ def fit(
         config=cfg,
         out_dir=None if out_dir is None else Path(out_dir) / "train",
         progress=progress,
+        should_stop=None if max_seconds is None else (lambda tr: tr.wall_time >= max_seconds),
     )
+    if sel is not None:
+        sel.trainer = trainer
     history = trainer.fit(resume=resume, overwrite=overwrite)
+    if sel is not None and trainer.evals:
+        sel.restore_best()
+        best = max(range(len(trainer.evals)), key=lambda i: (trainer.evals[i]["dev_rougeL"], -i))
+        history["best"] = {k: trainer.evals[best][k] for k in ("step", "dev_rougeL")}
     model.eval()
     return history
+
+
+class _Selection:
+    """Dev ROUGE-L (greedy) as the Trainer's eval; keeps the best weights (memory and disk)."""
+
+    def __init__(self, model, vocab, pairs, src_len, tgt_len, out_dir) -> None:
+        if not pairs:
+            raise ValueError("dev: no pairs")
+        self.model, self.vocab, self.pairs = model, vocab, list(pairs)
+        self.src_len, self.tgt_len = src_len, tgt_len
+        self.path = None if out_dir is None else Path(out_dir) / "best.safetensors"
+        self.best: dict[str, torch.Tensor] | None = None
+        self.trainer: Any = None
+
+    def eval_fn(self, model: nn.Module) -> dict[str, float]:
+        ev = evaluate(model, self.vocab, self.pairs, max_src_len=self.src_len, beam_size=1,
+                      max_len=self.tgt_len)  # fmt: skip
+        prev = [e["dev_rougeL"] for e in self.trainer.evals if "dev_rougeL" in e]
+        if not prev or ev["rougeL"] > max(prev):
+            self.best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if self.path is not None:
+                save_safetensors(self.best, self.path)
+        return {"dev_rougeL": float(ev["rougeL"])}
+
+    def restore_best(self) -> None:
+        if self.best is None and self.path is not None and self.path.is_file():
+            self.best = load_safetensors(self.path)
+        if self.best is not None:
+            self.model.load_state_dict(self.best)
 
 
 # ---------------------------------------------------------------- decoding and scores

@@ -29,7 +29,7 @@ def test_smoke_learns(smoke) -> None:
     _, res, _ = smoke
     m = res.metrics
     for name in ("lcsts", "csl"):
-        for kind in ("l2r", "bidirectional"):
+        for kind in ("l2r", "bidirectional", "pseudo"):
             key = f"{name}_{kind}"
             assert m[f"{key}_loss_end"] < 0.3 * m[f"{key}_loss_start"], key
             assert m[f"{key}_rougeL"] > m[f"{name}_lead_rougeL"] + 0.1, key
@@ -47,3 +47,7 @@ def test_config_validation() -> None:
         module.Config(seeds=())
     with pytest.raises(ValueError, match="embed_dim"):
         module.Config(embed_dim=10, num_heads=4)
+    with pytest.raises(ValueError, match="pointer"):
+        module.Config(pointer=1)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        module.Config(label_smoothing=1.0)

@@ -60,6 +60,10 @@ class Config:
     beam_size: int = 3
     seeds: tuple[int, ...] = (0,)
     copy_prior: bool = True
+    pointer: bool = True  # pointer-generator output (copies source characters)
+    label_smoothing: float = 0.0
+    holdout: int = 0  # last N training pairs held out: dev ROUGE-L selects the kept step
+    pseudo: bool = False  # third model: bidirectional trained on the L2R model's pseudo targets
     samples: int = 3
     threads: int = 0  # torch threads for the run (0: leave as is)
 
@@ -70,7 +74,7 @@ class Config:
             )
         if self.eval_split not in ("test", "train"):
             raise ValueError(f"eval_split must be 'test' or 'train', got {self.eval_split!r}")
-        for name in ("train_size", "test_size", "samples", "threads"):
+        for name in ("train_size", "test_size", "samples", "threads", "holdout"):
             check_config_int(getattr(self, name), name, 0)
         for name in ("max_src_len", "max_tgt_len", "embed_dim", "num_heads", "layers", "steps",
                      "batch_size", "warmup", "beam_size"):  # fmt: skip
@@ -85,8 +89,11 @@ class Config:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in self.seeds):
             raise ValueError(f"seeds must be a non-empty tuple of ints, got {self.seeds!r}")
-        if not isinstance(self.copy_prior, bool):
-            raise ValueError(f"copy_prior must be a bool, got {self.copy_prior!r}")
+        for flag in ("copy_prior", "pointer", "pseudo"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
 
 
 # fmt: off
@@ -94,7 +101,7 @@ PRESETS = {
     # seconds: 16 training pairs, scored on themselves (plumbing + "it learns" check)
     "smoke": Config(train_size=16, test_size=16, eval_split="train", max_src_len=40, max_tgt_len=24,
                     embed_dim=64, layers=1, dropout=0.0, steps=80, batch_size=16, lr=6e-3,
-                    warmup=5, beam_size=2, samples=2, threads=1),
+                    warmup=5, beam_size=2, samples=2, holdout=4, pseudo=True, threads=1),
     # minutes on 2 cores (~10 min contended): d=64, 400 steps, 200 test pairs per set
     "quick": Config(test_size=200, max_src_len=64, max_tgt_len=24, embed_dim=64, layers=2,
                     steps=400, batch_size=32, lr=5e-3, warmup=30, threads=1),
@@ -105,33 +112,52 @@ PRESETS = {
 # fmt: on
 
 
-def _pairs(name: str, cfg: Config) -> tuple[list, list]:
+def _pairs(name: str, cfg: Config) -> tuple[list, list, list]:
+    """``(train, dev, test)``: dev = the last ``holdout`` training pairs (model selection)."""
     train = data.load(name, "train")
     test = data.load(name, "test") if cfg.eval_split == "test" else train
     if cfg.train_size:
         train = train[: cfg.train_size]
+    dev: list = []
+    if cfg.holdout:
+        if cfg.holdout >= len(train):
+            raise ValueError(f"holdout={cfg.holdout} leaves no {name} training pairs")
+        train, dev = train[: -cfg.holdout], train[-cfg.holdout :]
     if cfg.eval_split == "train":
         test = train
-    return train, test[: cfg.test_size] if cfg.test_size else test
+    return train, dev, test[: cfg.test_size] if cfg.test_size else test
 
 
-def _one(cfg: Config, kind: str, seed: int, vocab, train_ds, train, test) -> dict:
+def _pseudo_data(cfg: Config, l2r_model, vocab, train_ds):
+    """Training items ``(src, tgt, pseudo)``: pseudo = the L2R model's greedy title of each
+    source (its first source character when it writes nothing)."""
+    srcs = [it[0] for it in train_ds.items]
+    outs = recipe.generate_ids(l2r_model, srcs, beam_size=1, max_len=cfg.max_tgt_len)
+    items = [(s, t, o["tokens"] or s[:1]) for (s, t), o in zip(train_ds.items, outs, strict=True)]
+    return recipe.PairData(items)
+
+
+def _one(cfg: Config, kind: str, seed: int, vocab, train_ds, train, test, dev) -> dict:
     seed_everything(seed)
-    model = recipe.new_model(kind, vocab, embed_dim=cfg.embed_dim, num_heads=cfg.num_heads,
+    arch = "l2r" if kind == "l2r" else "bidirectional"
+    model = recipe.new_model(arch, vocab, embed_dim=cfg.embed_dim, num_heads=cfg.num_heads,
                              encoder_layers=cfg.layers, decoder_layers=cfg.layers,
-                             dropout=cfg.dropout, copy_prior=cfg.copy_prior)  # fmt: skip
-    dev = next(model.parameters()).device
-    probe = tuple(x.to(dev) for x in recipe.collate(train_ds.items[:64]))
+                             dropout=cfg.dropout, copy_prior=cfg.copy_prior,
+                             pointer=cfg.pointer)  # fmt: skip
+    device = next(model.parameters()).device
+    probe = tuple(x.to(device) for x in recipe.collate([it[:2] for it in train_ds.items[:64]]))
     lim = {"max_src_len": cfg.max_src_len, "max_tgt_len": cfg.max_tgt_len}
     tprobe = tuple(
-        x.to(dev) for x in recipe.collate(recipe.encode_pairs(vocab, test[:64], **lim).items)
+        x.to(device) for x in recipe.collate(recipe.encode_pairs(vocab, test[:64], **lim).items)
     )
     with torch.no_grad():
         model.eval()
         loss0 = model.loss(*probe).item()
     t0 = time.perf_counter()
-    recipe.fit(model, train_ds, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-               warmup=cfg.warmup, seed=seed)  # fmt: skip
+    hist = recipe.fit(model, train_ds, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                      warmup=cfg.warmup, seed=seed, label_smoothing=cfg.label_smoothing,
+                      dev=(vocab, dev) if dev else None, dev_src_len=cfg.max_src_len,
+                      dev_tgt_len=cfg.max_tgt_len)  # fmt: skip
     train_s = time.perf_counter() - t0
     with torch.no_grad():
         loss1, test_loss = model.loss(*probe).item(), model.loss(*tprobe).item()
@@ -141,7 +167,8 @@ def _one(cfg: Config, kind: str, seed: int, vocab, train_ds, train, test) -> dic
     hyps = [recipe.detok(vocab, o["tokens"]) for o in outs]
     r2l_share = sum(o.get("direction", 0) for o in outs) / len(outs)
     return {"hyps": hyps, "loss0": loss0, "loss1": loss1, "test_loss": test_loss, "train_s": train_s,
-            "decode_s": time.perf_counter() - t0, "r2l_share": r2l_share,
+            "decode_s": time.perf_counter() - t0, "r2l_share": r2l_share, "model": model,
+            "kept_step": hist.get("best", {}).get("step", cfg.steps),
             "params": sum(p.numel() for p in model.parameters())}  # fmt: skip
 
 
@@ -158,10 +185,11 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
     say = print if progress else (lambda *a, **k: None)
     res = Result(headline="")
     main_rows, length_rows, sample_rows, curves = [], [], [], {}
-    tail, rl = {k: [] for k in KINDS}, {k: [] for k in KINDS}
+    kinds = KINDS + (("pseudo",) if cfg.pseudo else ())
+    tail, rl = {k: [] for k in kinds}, {k: [] for k in kinds}
     headline = []
     for name in cfg.datasets:
-        train, test = _pairs(name, cfg)
+        train, dev, test = _pairs(name, cfg)
         vocab = recipe.build_vocab(train)
         lim = {"max_src_len": cfg.max_src_len, "max_tgt_len": cfg.max_tgt_len}
         train_ds = recipe.encode_pairs(vocab, train, **lim)
@@ -171,12 +199,20 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
         label = f"{name}: ROUGE-L of the first {lead_n} source characters"
         res.metric(f"{name}_lead_rougeL", lead["rougeL"], label)
         long_refs = [i for i, r in enumerate(refs) if len(char_tokens(r)) >= 8]
-        per_kind = {}
-        for kind in KINDS:
+        per_kind, l2r_models = {}, {}
+        for kind in kinds:
             runs = []
             for seed in cfg.seeds:
                 say(f"[bidirectional-decoding] {name} {kind} seed {seed}: {cfg.steps} steps")
-                runs.append(_one(cfg, kind, seed, vocab, train_ds, train, test))
+                ds = (
+                    _pseudo_data(cfg, l2r_models[seed], vocab, train_ds)
+                    if kind == "pseudo"
+                    else train_ds
+                )
+                runs.append(_one(cfg, kind, seed, vocab, ds, train, test, dev))
+                if kind == "l2r":
+                    l2r_models[seed] = runs[-1]["model"]
+                runs[-1]["model"] = None  # the pseudo arm needs the L2R models only
             r0 = runs[0]
             per_kind[kind] = r0
             sc = [title_scores(r["hyps"], refs) for r in runs]
@@ -202,7 +238,7 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
             main_rows.append(
                 [
                     name,
-                    kind,
+                    {"pseudo": "bidirectional + pseudo targets"}.get(kind, kind),
                     f"{100 * m['rouge1']:.1f}",
                     f"{100 * m['rouge2']:.1f}",
                     f"{100 * m['rougeL']:.1f}",
@@ -213,23 +249,24 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
                     f"{r0['test_loss']:.3f}",
                     f"{r0['params'] / 1e6:.2f}M",
                     f"{r0['train_s']:.0f}",
-                    f"{100 * r0['r2l_share']:.0f}%" if kind == "bidirectional" else "—",
+                    f"{100 * r0['r2l_share']:.0f}%" if kind != "l2r" else "—",
+                    str(r0["kept_step"]),
                 ]
             )  # fmt: skip
             curves[(name, kind)] = recipe.position_curve(r0["hyps"], refs, long_refs)
         main_rows.append([name, "lead baseline", f"{100 * lead['rouge1']:.1f}", f"{100 * lead['rouge2']:.1f}",
                           f"{100 * lead['rougeL']:.1f}", f"{100 * lead['bleu']:.1f}", "", "", "", "", "", "",
-                          ""])  # fmt: skip
+                          "", ""])  # fmt: skip
         for bucket, idx in recipe.length_buckets(refs):
             row = [name, bucket, len(idx)]
-            for kind in KINDS:
+            for kind in kinds:
                 s = title_scores([per_kind[kind]["hyps"][i] for i in idx], [refs[i] for i in idx])
                 row += [f"{100 * s['rougeL']:.1f}", f"{100 * s['bleu']:.1f}"]
             length_rows.append(row)
         for i in range(min(cfg.samples, len(test))):
             src = "".join(char_tokens(test[i][0]))
             sample_rows.append([name, src[:60] + ("…" if len(src) > 60 else ""), refs[i],
-                                per_kind["l2r"]["hyps"][i], per_kind["bidirectional"]["hyps"][i]])  # fmt: skip
+                                *(per_kind[k]["hyps"][i] for k in kinds)])  # fmt: skip
         gap = res.metrics[f"{name}_bidirectional_rougeL"] - res.metrics[f"{name}_l2r_rougeL"]
         headline.append(f"{name}: ROUGE-L {100 * res.metrics[f'{name}_l2r_rougeL']:.1f} (L2R) vs "
                         f"{100 * res.metrics[f'{name}_bidirectional_rougeL']:.1f} (bidirectional, {gap * 100:+.1f})")  # fmt: skip
@@ -239,12 +276,19 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
     res.headline = "; ".join(headline) + tail_txt
     res.table("Title generation (character level, %)",
               ["set", "model", "R-1", "R-2", "R-L", "BLEU", "first-4 acc", "last-4 acc", "train loss",
-               "eval loss (teacher-forced)", "params", "train s", "R2L wins"], main_rows,
+               "eval loss (teacher-forced)", "params", "train s", "R2L wins", "kept step"], main_rows,
               caption="first/last-4: character accuracy at the first and last 4 positions, references "
-              ">= 8 characters; losses on 64 fixed pairs; bidirectional loss = mean of both directions")  # fmt: skip
-    cols = ["set", "reference length", "pairs", "L2R R-L", "L2R BLEU", "bi R-L", "bi BLEU"]
+              ">= 8 characters; losses on 64 fixed pairs; bidirectional loss = mean of both directions; "
+              "kept step: chosen by greedy ROUGE-L on held-out training pairs (the last step without "
+              "a holdout)")  # fmt: skip
+    short = {"l2r": "L2R", "bidirectional": "bi", "pseudo": "bi+pseudo"}
+    cols = ["set", "reference length", "pairs"] + [
+        f"{short[k]} {m}" for k in kinds for m in ("R-L", "BLEU")
+    ]
     res.table("ROUGE-L / BLEU by reference length (%)", cols, length_rows)
-    res.table("Sample outputs", ["set", "source", "reference", "L2R", "bidirectional"], sample_rows)
+    res.table(
+        "Sample outputs", ["set", "source", "reference", *(short[k] for k in kinds)], sample_rows
+    )
     verdicts = {}
     for what, vals in (("tail", tail), ("rougeL", rl)):
         claim = rank_claim("bidirectional", vals["bidirectional"], "L2R", vals["l2r"])
@@ -260,10 +304,20 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
                 note=verdicts["tail"][0], verdict=verdicts["tail"][1])  # fmt: skip
     res.compare("title quality (ROUGE-L)", article="improves, mostly at the start and end of long titles (no number)",
                 ours="; ".join(headline), note=verdicts["rougeL"][0], verdict=verdicts["rougeL"][1])  # fmt: skip
+    if cfg.pseudo:
+        claim = rank_claim("bi+pseudo", rl["pseudo"], "L2R", rl["l2r"])
+        verdict = "within noise"
+        if "within noise" not in claim:
+            verdict = "holds" if claim.startswith("bi+pseudo") else "does not hold"
+        ours = "; ".join(f"{name}: {100 * res.metrics[f'{name}_pseudo_rougeL']:.1f} vs L2R "
+                         f"{100 * res.metrics[f'{name}_l2r_rougeL']:.1f}" for name in cfg.datasets)  # fmt: skip
+        res.compare("title quality (ROUGE-L), bidirectional on pseudo targets",
+                    article="the paper's leak mitigation (Su describes it, does not run it)",
+                    ours=ours, note=claim + " (all sets pooled)", verdict=verdict)  # fmt: skip
     fig, axes = figure(1, len(cfg.datasets), width=5.0, height=3.6)
     for j, name in enumerate(cfg.datasets):
         ax = axes[0, j]
-        for kind in KINDS:
+        for kind in kinds:
             ax.plot(range(8), curves[(name, kind)], marker="o", label=kind)
         ax.set_xticks(range(8), ["1", "2", "3", "4", "-4", "-3", "-2", "-1"])
         ax.set(title=name, xlabel="position (from start | from end)", ylabel="character accuracy")
@@ -273,7 +327,10 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
     res.note("Leak: the bidirectional model's teacher-forced loss uses gold tokens of the other direction, "
              "so compare its 'eval loss' with generation quality, not with the L2R loss: at test time the "
              "context comes from its own predictions. Mitigation (pseudo targets) is available as "
-             "`BidirectionalSeq2Seq.loss(..., pseudo=...)`; this experiment trains without it.")  # fmt: skip
+             "`BidirectionalSeq2Seq.loss(..., pseudo=...)`; "
+             + ("the 'bidirectional + pseudo targets' model is trained with it: its other-direction "
+                "context comes from the same-seed L2R model's greedy titles of the training sources."
+                if cfg.pseudo else "this run trains without it (pseudo=False)."))  # fmt: skip
     res.note("CSL split is non-standard: train = CLGE val + CLGE test + ydli-ai ts dev (3,000), "
              "test = ydli-ai ts test (1,000); the official training sets are not shipped. "
              f"Config: {asdict(cfg)}.")  # fmt: skip

@@ -255,3 +255,71 @@ def test_from_pretrained_round_trip_and_errors(tok, mlm, tmp_path):
         MLMReader.from_pretrained(tmp_path / "no_tok")
     with pytest.raises(FileNotFoundError, match="config.json"):
         MLMReader.from_pretrained(tmp_path / "nothing")
+
+
+def _brute_force_min1(P: torch.Tensor, t: list[int], end: int) -> list[int]:
+    """Oracle for ``min_len=1``: slot 0 picks the best passage token (never ``end`` unless the
+    passage is empty), later slots as in :func:`_brute_force_decode`."""
+    a: list[int] = []
+    for i in range(P.shape[0]):
+        follow = {
+            t[j + len(a)] for j in range(len(t)) if t[j : j + len(a)] == a and j + len(a) < len(t)
+        } - {end}
+        allowed = sorted(follow) if i == 0 and follow else sorted(follow | {end})
+        best = max(allowed, key=lambda y: (float(P[i, y]), -y))
+        if best == end:
+            break
+        a.append(best)
+    return a
+
+
+@given(t=passages, L=st.integers(1, 6), seed=st.integers(0, 10_000))
+def test_required_answer_is_never_empty_and_matches_brute_force(t, L, seed):
+    g = torch.Generator().manual_seed(seed)
+    P = torch.randn(L, 13, generator=g, dtype=torch.float64).softmax(-1)
+    P[0, SEP] = 5.0  # the model would rather say "no answer"
+    ids, _, start = constrained_greedy_decode(P, t, SEP, min_len=1)
+    assert ids == _brute_force_min1(P, t, SEP)
+    assert (len(ids) >= 1) == (len(t) > 1)  # only an empty passage gives an empty answer
+    assert t[start : start + len(ids)] == ids
+    free, _ = unconstrained_decode(P, SEP, min_len=1)
+    assert free and free[0] == max((y for y in range(13) if y != SEP), key=lambda y: float(P[0, y]))
+
+
+def test_readers_that_require_an_answer_never_answer_empty(tok, mlm):
+    from kexue.mrc import ARReader, SpanReader
+
+    passage = "长城在北京是中国的名字"
+    kw = {"max_answer_len": 5, "max_question_len": 8, "max_passage_len": 10, "stride": 5}
+    for cls in (MLMReader, ARReader):
+        with torch.no_grad():  # make [SEP] the likeliest output everywhere
+            bias = mlm.cls.predictions.decoder.bias
+            old = bias.clone()
+            bias[tok.sep_token_id] = 50.0
+        try:
+            assert cls(mlm, tok, **kw).predict("哪里", passage)[0] == ""
+            answer, _ = cls(mlm, tok, require_answer=True, **kw).predict("哪里", passage)
+            assert answer and answer in passage, cls.__name__
+        finally:
+            with torch.no_grad():
+                bias.copy_(old)
+
+    class NullFirst(torch.nn.Module):  # the [CLS] null span beats every real span
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = mlm.config
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+            s_ = torch.zeros(input_ids.shape)
+            s_[:, 0] = 20.0
+            s_[:, 12] = 5.0
+
+            class Out:
+                start_logits, end_logits = s_, s_.clone()
+
+            return Out()
+
+    assert SpanReader(NullFirst(), tok, **kw).predict("哪里", passage)[0] == ""
+    answer, _ = SpanReader(NullFirst(), tok, require_answer=True, **kw).predict("哪里", passage)
+    assert answer and answer in passage

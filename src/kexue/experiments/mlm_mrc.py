@@ -70,6 +70,7 @@ class Config:
     seed: int = 0
     seeds: tuple[int, ...] = ()  # fine-tuning seeds (empty: just ``seed``)
     holdout: int = 0  # last N dev questions kept out of training: the selection set
+    require_answer: bool = True  # CMRC: every question is answered, so readers never answer ''
     threads: int = 0  # torch intra-op threads (0 = leave as is)
 
     def __post_init__(self) -> None:
@@ -94,6 +95,8 @@ class Config:
             )
         for name in ("holdout",):
             check_config_int(getattr(self, name), name, 0)
+        if not isinstance(self.require_answer, bool):
+            raise ValueError(f"require_answer must be a bool, got {self.require_answer!r}")
         for name in ("lm_lr", "lr"):
             v = getattr(self, name)
             if not isinstance(v, int | float) or not 0 < v < 1:
@@ -213,6 +216,7 @@ def run(cfg: Config, out_dir: Path, progress: bool = True) -> Result:
             "max_question_len": cfg.max_question_len,
             "max_passage_len": cfg.max_passage_len,
             "stride": cfg.stride,
+            "require_answer": cfg.require_answer,
         }
         runs: dict[str, list[dict]] = {}
         curves = {}

@@ -62,12 +62,14 @@ class _WindowReader:
         max_passage_len: int,
         stride: int | None,
         extra_positions: int,
+        require_answer: bool = False,
     ) -> None:
         set_reader_limits(
             self, model, tokenizer, max_answer_len=max_answer_len,
             max_question_len=max_question_len, max_passage_len=max_passage_len, stride=stride,
             longest=max_question_len + max_passage_len + 2 + extra_positions,
         )  # fmt: skip
+        self.require_answer = bool(require_answer)
 
     def _windows(self, question: str, passage: str) -> list[tuple[list[int], list[int], list[int]]]:
         """``(question ids (<= max_q - 1), window passage ids, window char offsets)``."""
@@ -127,7 +129,8 @@ class _WindowReader:
 class SpanReader(_WindowReader):
     """Extractive start/end reader on ``BertForQuestionAnswering`` (or any model returning
     ``start_logits``/``end_logits`` ``(b, n)``). Arguments as :class:`~kexue.mrc.MLMReader`;
-    ``max_answer_len - 1`` caps the span length (the MLM reader's answer cap)."""
+    ``max_answer_len - 1`` caps the span length (the MLM reader's answer cap);
+    ``require_answer``: never the ``[CLS]`` null answer (the best span always wins)."""
 
     def __init__(
         self,
@@ -138,6 +141,7 @@ class SpanReader(_WindowReader):
         max_question_len: int = 64,
         max_passage_len: int = 256,
         stride: int | None = None,
+        require_answer: bool = False,
     ) -> None:
         super().__init__(
             model,
@@ -147,6 +151,7 @@ class SpanReader(_WindowReader):
             max_passage_len,
             stride,
             extra_positions=1,
+            require_answer=require_answer,
         )
 
     @classmethod
@@ -237,7 +242,7 @@ class SpanReader(_WindowReader):
             best = int(sc.argmax())
             i, j = divmod(best, m)
             v = float(sc[i, j])
-            if v <= float(ps[b, 0] * pe[b, 0]):
+            if not self.require_answer and v <= float(ps[b, 0] * pe[b, 0]):
                 res.append(("", float(ps[b, 0] * pe[b, 0])))
             else:
                 res.append((self._text(passage, off, i, j - i + 1), v))
@@ -320,6 +325,7 @@ class ARReader(_WindowReader):
     Args:
         use_cache: decode with the key/value cache (False: re-run the full sequence each step;
             same output, the reference for the tests).
+        require_answer: ``[SEP]`` is banned as the first generated token (never empty).
     """
 
     def __init__(
@@ -332,6 +338,7 @@ class ARReader(_WindowReader):
         max_passage_len: int = 256,
         stride: int | None = None,
         use_cache: bool = True,
+        require_answer: bool = False,
     ) -> None:
         super().__init__(
             model,
@@ -341,6 +348,7 @@ class ARReader(_WindowReader):
             max_passage_len,
             stride,
             extra_positions=1 + max_answer_len,
+            require_answer=require_answer,
         )
         if not (hasattr(model, "bert") and hasattr(model, "cls")):
             raise TypeError("ARReader needs a HF BertForMaskedLM (attributes .bert and .cls)")
@@ -504,7 +512,11 @@ class ARReader(_WindowReader):
 
     def _decode_windows(self, chunk: list) -> list[tuple[str, float]]:
         prefixes = [self._prefix(q, p) for _, (q, p, _), _ in chunk]
-        cons = [PassageConstraint(p + [self.ids.sep], self.ids.sep) for _, (_, p, _), _ in chunk]
+        min_len = int(self.require_answer)
+        cons = [
+            PassageConstraint(p + [self.ids.sep], self.ids.sep, min_len)
+            for _, (_, p, _), _ in chunk
+        ]
         res = []
         for (_, (_, _, off), passage), c, (ans, score) in zip(
             chunk, cons, self.generate(prefixes, cons), strict=True

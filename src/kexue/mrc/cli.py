@@ -77,6 +77,9 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from --out/train checkpoints")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.add_argument("--require-answer", action=argparse.BooleanOptionalAction, default=True,
+                   help="never answer empty: every question is answered in its passages (CMRC, "
+                   "SQuAD 1, WebQA); --no-require-answer lets a reader say 'no answer'")  # fmt: skip
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -94,6 +97,7 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="MLM reader: slot-by-slot argmax instead of passage-constrained decoding",
     )
+    _require_override(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_predict)
 
@@ -107,6 +111,7 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--predictions", metavar="FILE", help="also write {id: answer} JSON here")
+    _require_override(e)
     e.set_defaults(func=cmd_evaluate)
     return mrc
 
@@ -195,6 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_question_len=args.max_question_len,
         max_passage_len=args.max_passage_len,
         stride=args.stride,
+        require_answer=args.require_answer,
     )
     hist = fit(
         reader,
@@ -252,12 +258,23 @@ def _queries(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     return out
 
 
+def _require_override(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--require-answer", action=argparse.BooleanOptionalAction, default=None,
+                   help="override the trained reader's setting (default: as trained)")  # fmt: skip
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    out: dict = {"constrained": False} if getattr(args, "unconstrained", False) else {}
+    if args.require_answer is not None:
+        out["require_answer"] = args.require_answer
+    return out
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Handler of ``kexue mrc predict``: one JSON line per question."""
     _positive("batch-size", args.batch_size)
     queries = _queries(args)
-    overrides = {"constrained": False} if args.unconstrained else {}
-    reader = load_reader(args.model, **overrides)
+    reader = load_reader(args.model, **_overrides(args))
     for (q, _), (answer, score) in zip(
         queries, reader.predict_batch(queries, args.batch_size), strict=True
     ):
@@ -277,7 +294,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     source = args.test or args.data
     split = args.split or ("trial" if source == "cmrc2018" else None)
     examples = load_examples(source, split, fmt=args.format, limit=args.limit)
-    reader = load_reader(args.model)
+    reader = load_reader(args.model, **_overrides(args))
     if args.predictions and Path(args.predictions).is_dir():
         raise ValueError(f"--predictions {args.predictions} is a directory; give a file path")
     res = evaluate(reader, examples, batch_size=args.batch_size, progress=True)

@@ -68,19 +68,26 @@ class PassageConstraint:
 
     Args:
         passage_ids: passage tokens *including* the final ``[SEP]``.
-        end_id: the ``[SEP]`` id (always allowed).
+        end_id: the ``[SEP]`` id (allowed once the answer has ``min_len`` tokens).
+        min_len: fewest answer tokens before ``[SEP]`` may end it (1: never an empty answer,
+            for data whose every question is answered in the passage, as CMRC and SQuAD 1).
     """
 
-    def __init__(self, passage_ids: Sequence[int], end_id: int) -> None:
+    def __init__(self, passage_ids: Sequence[int], end_id: int, min_len: int = 0) -> None:
         self.t = list(passage_ids)
         self.end_id = end_id
+        self.min_len = min_len
         self.starts = list(range(len(self.t)))
         self.answer: list[int] = []
 
     def allowed(self) -> list[int]:
-        """Sorted allowed next ids (never empty: ``[SEP]`` is always in)."""
+        """Sorted allowed next ids (never empty: ``[SEP]`` is in once ``min_len`` is reached,
+        and whenever no passage token can continue the answer)."""
         k, t = len(self.answer), self.t
-        return sorted({t[s + k] for s in self.starts if s + k < len(t)} | {self.end_id})
+        nxt = {t[s + k] for s in self.starts if s + k < len(t)} - {self.end_id}
+        if k >= self.min_len or not nxt:
+            nxt.add(self.end_id)
+        return sorted(nxt)
 
     def advance(self, tok: int) -> None:
         """Append ``tok`` (an allowed id other than ``[SEP]``) to the answer."""
@@ -95,14 +102,15 @@ class PassageConstraint:
 
 
 def constrained_greedy_decode(
-    slot_probs: torch.Tensor, passage_ids: Sequence[int], end_id: int
+    slot_probs: torch.Tensor, passage_ids: Sequence[int], end_id: int, min_len: int = 0
 ) -> tuple[list[int], float, int]:
     """Greedy decoding restricted to continuations that occur in the passage.
 
     Args:
         slot_probs: ``(L, v)`` slot distributions (softmax outputs; not renormalised here).
         passage_ids: passage tokens ``t_1..t_m`` *including* the final ``[SEP]``.
-        end_id: the ``[SEP]`` id (always allowed; decoding stops on it).
+        end_id: the ``[SEP]`` id (decoding stops on it).
+        min_len: ``[SEP]`` is banned until the answer has this many tokens (1: never empty).
 
     Returns:
         ``(answer_ids, score, start)``: the answer tokens (without ``[SEP]``; a contiguous
@@ -115,7 +123,7 @@ def constrained_greedy_decode(
     if slot_probs.dim() != 2:
         raise ValueError(f"slot_probs must be (L, v), got shape {tuple(slot_probs.shape)}")
     probs = slot_probs.detach().float().cpu()
-    state = PassageConstraint(passage_ids, end_id)
+    state = PassageConstraint(passage_ids, end_id, min_len)
     total, steps = 0.0, 0
     for i in range(probs.shape[0]):
         tok, p = _pick(probs[i], state.allowed())
@@ -126,12 +134,15 @@ def constrained_greedy_decode(
     return state.answer, total / max(steps, 1), state.start
 
 
-def unconstrained_decode(slot_probs: torch.Tensor, end_id: int) -> tuple[list[int], float]:
+def unconstrained_decode(
+    slot_probs: torch.Tensor, end_id: int, min_len: int = 0
+) -> tuple[list[int], float]:
     """Slot-by-slot argmax until the first ``end_id``; score = mean picked probability.
 
     Args:
         slot_probs: ``(L, v)``.
         end_id: the ``[SEP]`` id.
+        min_len: ``end_id`` is banned in the first ``min_len`` slots.
 
     Returns:
         ``(answer_ids without [SEP], score)``.
@@ -140,8 +151,10 @@ def unconstrained_decode(slot_probs: torch.Tensor, end_id: int) -> tuple[list[in
         raise ValueError(f"slot_probs must be (L, v), got shape {tuple(slot_probs.shape)}")
     probs = slot_probs.detach().float().cpu()
     answer, total, steps = [], 0.0, 0
+    every = list(range(probs.shape[1]))
+    no_end = [t for t in every if t != end_id]
     for i in range(probs.shape[0]):
-        tok, p = _pick(probs[i], list(range(probs.shape[1])))
+        tok, p = _pick(probs[i], no_end if i < min_len else every)
         total, steps = total + p, steps + 1
         if tok == end_id:
             break
@@ -299,6 +312,9 @@ class MLMReader:
         max_passage_len: passage window in tokens (without its ``[SEP]``).
         stride: step between windows of a long passage (default ``max_passage_len // 2``).
         constrained: decode inside the passage (False: slot-by-slot argmax).
+        require_answer: never answer empty (every question is answered in its passages, as in
+            CMRC 2018 and SQuAD 1): ``[SEP]`` is banned in the first slot, so every window gives
+            its best non-empty answer and the best one wins. False: a window may say "no answer".
 
     Raises:
         ValueError: bad lengths, ``stride > max_passage_len``, or a position table shorter than
@@ -315,6 +331,7 @@ class MLMReader:
         max_passage_len: int = 256,
         stride: int | None = None,
         constrained: bool = True,
+        require_answer: bool = False,
     ) -> None:
         set_reader_limits(
             self, model, tokenizer, max_answer_len=max_answer_len,
@@ -322,6 +339,7 @@ class MLMReader:
             longest=max_answer_len + max_question_len + max_passage_len + 3,
         )  # fmt: skip
         self.constrained = bool(constrained)
+        self.require_answer = bool(require_answer)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> MLMReader:
@@ -423,11 +441,12 @@ class MLMReader:
 
     # -- prediction ----------------------------------------------------------------------------
     def _decode(self, probs: torch.Tensor, enc: Encoded, passage: str) -> tuple[str, float]:
+        min_len = int(self.require_answer)
         if not self.constrained:
-            ids, score = unconstrained_decode(probs, self.ids.sep)
+            ids, score = unconstrained_decode(probs, self.ids.sep, min_len)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             return text.replace(" ", "").replace("##", ""), score
-        ids, score, start = constrained_greedy_decode(probs, enc.passage_ids, self.ids.sep)
+        ids, score, start = constrained_greedy_decode(probs, enc.passage_ids, self.ids.sep, min_len)
         if not ids:
             return "", score
         off = enc.passage_offsets

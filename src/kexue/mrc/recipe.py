@@ -336,6 +336,7 @@ def _reader_config(reader: Any) -> dict[str, Any]:
         "max_question_len": reader.max_question_len,
         "max_passage_len": reader.max_passage_len,
         "stride": reader.stride,
+        "require_answer": reader.require_answer,
     }
     if kind == "mlm":
         cfg["constrained"] = reader.constrained
@@ -374,7 +375,7 @@ def load_reader(path: str | os.PathLike, **overrides: Any) -> Any:
     kind = meta.get("kind")
     if kind not in KINDS:
         raise ValueError(f"{meta_file}: unknown reader kind {kind!r}")
-    keys = ("max_answer_len", "max_question_len", "max_passage_len", "stride")
+    keys = ("max_answer_len", "max_question_len", "max_passage_len", "stride", "require_answer")
     keys += ("constrained",) if kind == "mlm" else ()
     kwargs = {k: meta[k] for k in keys if k in meta}
     kwargs.update(overrides)

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.kexue-installed
 export OMP_NUM_THREADS ?= 2
 export MPLBACKEND := Agg
 
-.PHONY: setup report readme test test-slow bench lint format clean
+.PHONY: setup report readme test test-slow docs bench lint format clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,bert,peers]'
+	$(PIP) install -q -e '.[dev,bert,peers,docs]'
 	touch $(STAMP)
 
 report: setup
@@ -26,7 +26,7 @@ report: setup
 # after `make report`: rewrite the README's results blocks (and docs/results/ snapshots) from it,
 # and its benchmark blocks from docs/results/bench/*.json (benchmarks/*.py --snapshot)
 readme: setup
-	$(VENV)/bin/kexue readme --results report --readme README.md --snapshots docs/results
+	$(VENV)/bin/kexue readme --results report --readme README.md --docs docs --snapshots docs/results
 
 test: setup
 	$(PY) -m pytest -q
@@ -35,6 +35,12 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no test is marked slow"; exit 0; fi; exit $$rc
+
+# the docs site: Sphinx + MyST, warnings are errors (a broken reference or a public name
+# without a docstring fails the build)
+docs: setup
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 bench: setup
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
@@ -48,4 +54,4 @@ format: setup
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 clean:
-	rm -rf $(VENV) report build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) report build dist docs/_build src/*.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -118,16 +118,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_readme(args: argparse.Namespace) -> int:
     from kexue.report.bench import update_readme as update_bench_blocks
-    from kexue.report.readme import update_readme
+    from kexue.report.readme import doc_pages, update_readme, update_summary
 
     for path, what in ((args.readme, "--readme"), (args.results, "--results")):
         if not Path(path).exists():
             raise FileNotFoundError(f"{what} {path} does not exist")
-    names = update_readme(args.readme, args.results, args.snapshots)
-    print(f"README blocks updated from {args.results}: {', '.join(names) or 'none'}")
+    pages = [Path(args.readme)] + (doc_pages(args.docs) if Path(args.docs).is_dir() else [])
     bench = Path(args.snapshots) / "bench"
-    names = update_bench_blocks(args.readme, bench)
-    print(f"README benchmark blocks updated from {bench}: {', '.join(names) or 'none'}")
+    for page in pages:
+        names = update_readme(page, args.results, args.snapshots)
+        print(f"{page}: results blocks {', '.join(names) or 'none'}")
+        names = update_bench_blocks(page, bench)
+        print(f"{page}: benchmark blocks {', '.join(names) or 'none'}")
+        if update_summary(page, args.snapshots):
+            print(f"{page}: summary table")
     return 0
 
 
@@ -200,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--results", default="report", help="report directory (kexue report --out)")
     s.add_argument("--readme", default="README.md", help="README to update in place")
+    s.add_argument("--docs", default="docs", help="docs site whose Markdown pages are updated too")
     s.add_argument("--snapshots", default="docs/results", help="where result snapshots go")
     s.set_defaults(func=_cmd_readme)
 

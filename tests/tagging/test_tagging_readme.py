@@ -1,4 +1,4 @@
-"""README "Tag your own data": the results table equals what the committed `tag evaluate`
+"""The "Tag your own data" tutorial (docs/tutorials): the results table equals what the committed `tag evaluate`
 JSON files render to, and every `kexue tag` command shown there parses.
 
 Regenerate the tables after new runs with ``python tests/tagging/test_tagging_readme.py``.
@@ -78,11 +78,11 @@ def render_table(results: Path = RESULTS, names: tuple[str, ...] = RUNS) -> str:
     return "\n".join(rows)
 
 
+TUTORIAL = ROOT / "docs" / "tutorials" / "tag-your-own-data.md"
+
+
 def _section() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = text.index("#### Tag your own data")
-    end = text.index("\n### ", start)
-    return text[start:end]
+    return TUTORIAL.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("marker", sorted(TABLES))
@@ -114,7 +114,7 @@ def test_every_tag_command_in_the_section_parses():
         assert callable(args.func), c
 
 
-def fill_readme(path: Path = ROOT / "README.md") -> None:
+def fill_readme(path: Path = TUTORIAL) -> None:
     """Write the rendered tables between their markers in ``path``."""
     text = path.read_text(encoding="utf-8")
     for marker, names in TABLES.items():

@@ -48,10 +48,12 @@ FileRef = tuple[str, ...]  # alternatives relative to the data root, first found
 
 
 def _identity(x: Any) -> Any:
+    """The default ``copy``: ``data`` itself (readers that return fresh objects need no copy)."""
     return x
 
 
 def _whole(data: Any, split: str) -> Any:
+    """The default ``select``: the whole parse is the split."""
     return data
 
 

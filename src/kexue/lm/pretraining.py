@@ -523,8 +523,8 @@ def pretrain(
     ``chinese-text`` (tests; the cache never does this).
 
     Returns:
-        ``{"history": Trainer history, "eval": evaluate_mlm on held-out text, "initial_loss",
-        "final_loss", "vocab_size", "chunks"}``.
+        A dict with the keys ``history`` (the Trainer's), ``eval`` (:func:`evaluate_mlm` on
+        held-out text), ``initial_loss``, ``final_loss``, ``vocab_size`` and ``chunks``.
     """
     from kexue.train import TrainConfig, Trainer, is_main_process, unwrap
 

@@ -75,7 +75,8 @@ def update_readme(readme: str | Path, results_dir: str | Path, snapshots: str | 
     """Refresh README blocks (and snapshots) from ``results_dir/*/results.json``.
 
     Only blocks already present in the README are rewritten (add a block's two marker lines
-    once, by hand, to place it). Returns the names of the blocks updated.
+    once, by hand, to place it); a block without a new run is re-rendered from its committed
+    snapshot, if there is one. Returns the names of the blocks updated.
     """
     readme, results_dir, snapshots = Path(readme), Path(results_dir), Path(snapshots)
     text = readme.read_text(encoding="utf-8")
@@ -87,12 +88,68 @@ def update_readme(readme: str | Path, results_dir: str | Path, snapshots: str | 
 
     def repl(m: re.Match) -> str:
         key = (m["name"], m["scale"])
-        if key not in found:
+        snap = snapshots / m["scale"] / f"{m['name']}.json"
+        if key in found:
+            res = found[key]
+            atomic_write_json(snap, snapshot(res))
+        elif snap.is_file():  # no new run: re-render from the committed snapshot
+            res = load_snapshot(snap)
+        else:
             return m.group(0)
-        res = found[key]
-        atomic_write_json(snapshots / m["scale"] / f"{m['name']}.json", snapshot(res))
         updated.append(m["name"])
         return f"<!-- kexue:results {m['name']} {m['scale']} -->\n{readme_block(res)}<!-- /kexue:results -->"
 
     atomic_write_text(readme, BLOCK.sub(repl, text))
     return updated
+
+
+def doc_pages(docs: str | Path) -> list[Path]:
+    """The Markdown pages of the docs site that may hold generated blocks (``_build`` and the
+    snapshot folder ``results`` excluded), sorted."""
+    docs = Path(docs)
+    skip = {docs / "_build", docs / "results"}
+    return sorted(p for p in docs.rglob("*.md") if not any(s == p or s in p.parents for s in skip))
+
+
+SUMMARY = re.compile(r"<!-- kexue:summary -->\n(?P<body>.*?)<!-- /kexue:summary -->", flags=re.S)
+_PAGES = {
+    "kexue.attention": "attention", "kexue.mrc": "mrc", "kexue.vq": "vq", "kexue.optim": "optim",
+    "kexue.seq2seq": "seq2seq", "kexue.analysis": "analysis", "kexue.init": "init",
+    "kexue.tagging": "tagging",
+}  # fmt: skip
+
+
+def summary_block(snapshots: str | Path, scale: str = "quick") -> str:
+    """The README's one-screen table: per registered experiment, its article, what it shows,
+    and the verdict counts of its committed ``scale`` snapshot (never typed by hand)."""
+    from kexue.experiments import REGISTRY
+
+    rows = []
+    for e in REGISTRY.values():
+        path = Path(snapshots) / scale / f"{e.name}.json"
+        counts: dict[str, int] = {}
+        if path.is_file():
+            for c in load_snapshot(path).comparison:
+                if c.verdict:
+                    counts[c.verdict] = counts.get(c.verdict, 0) + 1
+            ours = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda x: -x[1]))
+        else:
+            ours = "no run yet"
+        title = e.article.split(" “")[0]
+        page = f"docs/parts/{_PAGES[e.part]}.md"
+        rows.append([f"`{e.part}`", title, e.summary, ours or "no verdict", f"[{e.name}]({page})"])
+    head = ["part", "article", "what the experiment shows", f"verdicts ({scale} run)", "page"]
+    return table_md(head, rows) + "\n"
+
+
+def update_summary(readme: str | Path, snapshots: str | Path) -> bool:
+    """Rewrite the ``<!-- kexue:summary -->`` block of ``readme``; True if it has one."""
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8")
+    if not SUMMARY.search(text):
+        return False
+    body = summary_block(snapshots)
+    new = SUMMARY.sub(lambda m: f"<!-- kexue:summary -->\n{body}<!-- /kexue:summary -->", text)
+    if new != text:
+        atomic_write_text(readme, new)
+    return True

@@ -524,11 +524,12 @@ class Trainer:
                 raises ``ValueError`` so a finished or interrupted run is never lost by accident.
 
         Returns:
-            ``{"steps", "epochs", "wall_time", "train": last train record's values (loss, lr,
-            grad_norm, loss_fn metrics, steps_per_s, tokens_per_s), "eval": last eval metrics
-            (or {}), "evals": all eval records, "tokens_per_s": float or None, "checkpoint":
-            last checkpoint path or None, "out_dir", "stopped": True if ``should_stop`` ended the
-            run}``. Identical on every rank.
+            A dict, identical on every rank, with the keys ``steps``, ``epochs``, ``wall_time``,
+            ``train`` (the last train record's values: loss, lr, grad_norm, loss_fn metrics,
+            steps_per_s, tokens_per_s), ``eval`` (the last eval metrics, or ``{}``), ``evals``
+            (all eval records), ``tokens_per_s`` (float or None), ``checkpoint`` (the last
+            checkpoint path or None), ``out_dir`` and ``stopped`` (True if ``should_stop``
+            ended the run).
 
         Raises:
             ValueError: ``resume=False`` in an ``out_dir`` holding checkpoints without

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kexue.seq2seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy_search
@@ -169,3 +169,48 @@ def test_bad_arguments() -> None:
         beam_search(model, torch.zeros(1, 3, dtype=torch.long), beam_size=2, max_len=3)
     with pytest.raises(TypeError, match="model"):
         beam_search(object(), src, beam_size=2, max_len=3)
+
+
+def _brute_ban(prefix: list[int], n: int, v: int) -> set[int]:
+    """Tokens y such that prefix + [y] ends with an n-gram already in prefix (loops)."""
+    out = set()
+    for y in range(v):
+        seq = prefix + [y]
+        last = tuple(seq[-n:])
+        if len(seq) >= n and any(tuple(seq[i : i + n]) == last for i in range(len(seq) - n)):
+            out.add(y)
+    return out
+
+
+@given(prefix=st.lists(st.integers(0, 4), min_size=0, max_size=10), n=st.integers(0, 4))
+@example(prefix=[1, 2, 3, 1, 2], n=3)
+@example(prefix=[1, 2, 1], n=2)
+def test_ban_repeated_ngrams_equals_brute_force(prefix, n) -> None:
+    from kexue.seq2seq import ban_repeated_ngrams
+
+    rows = [prefix, prefix[::-1], [(x + 1) % 5 for x in prefix]]
+    t = len(prefix)
+    prefix = torch.tensor(rows, dtype=torch.long).reshape(len(rows), t)
+    logp = torch.zeros(len(rows), 5)
+    got = ban_repeated_ngrams(logp, prefix, n)
+    for i, row in enumerate(rows):
+        want = _brute_ban(row, n, 5) if n > 0 else set()
+        assert {y for y in range(5) if got[i, y] == -float("inf")} == want, (row, n)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_no_repeat_ngram_outputs_never_repeat_and_scores_stay_model_scores(k) -> None:
+    model = tiny(seed=2, vocab=10)
+    src = sources(6, s=6, seed=4, vocab=10)
+    toks, scores = beam_search(model, src, beam_size=k, max_len=12, length_penalty=0.0,
+                               no_repeat_ngram=2)  # fmt: skip
+    for r in toks:
+        r = r[r >= 0].tolist()
+        grams = [tuple(r[i : i + 2]) for i in range(len(r) - 1)]
+        assert len(grams) == len(set(grams)), r
+    ref = model.score(src, toks.clamp(min=0), tgt_mask=toks >= 0)
+    torch.testing.assert_close(scores, ref, atol=1e-4, rtol=1e-4)
+    plain, _ = beam_search(model, src, beam_size=k, max_len=12, length_penalty=0.0)
+    assert not torch.equal(plain, toks)  # the test model repeats itself without the ban
+    with pytest.raises(ValueError, match="no_repeat_ngram"):
+        beam_search(model, src, beam_size=k, max_len=4, no_repeat_ngram=-1)

@@ -7,7 +7,7 @@ bidirectional beam search (:mod:`kexue.seq2seq.bidirectional`), character ROUGE/
 (:mod:`kexue.seq2seq.metrics`).
 """
 
-from kexue.seq2seq.beam import beam_search, greedy_search
+from kexue.seq2seq.beam import ban_repeated_ngrams, beam_search, greedy_search
 from kexue.seq2seq.bidirectional import BiDecodeState, BidirectionalSeq2Seq
 from kexue.seq2seq.bisearch import BidirectionalOutput, bidirectional_beam_search
 from kexue.seq2seq.model import DecodeState, Seq2Seq, Seq2SeqConfig
@@ -19,6 +19,7 @@ __all__ = [
     "DecodeState",
     "Seq2Seq",
     "Seq2SeqConfig",
+    "ban_repeated_ngrams",
     "beam_search",
     "bidirectional_beam_search",
     "greedy_search",

@@ -32,7 +32,7 @@ import torch
 
 from kexue.core.checks import check_positive_int
 
-__all__ = ["beam_search", "greedy_search"]
+__all__ = ["ban_repeated_ngrams", "beam_search", "greedy_search"]
 
 
 def _check_common(model: Any, src: torch.Tensor, max_len: int, min_len: int) -> None:
@@ -59,6 +59,34 @@ def _restrict(logp: torch.Tensor, t: int, cfg: Any, min_len: int, max_len: int) 
     return logp
 
 
+def ban_repeated_ngrams(logp: torch.Tensor, prefix: torch.Tensor, n: int) -> torch.Tensor:
+    """Set to ``-inf`` every next token that would repeat an ``n``-gram of its row's prefix.
+
+    Args:
+        logp: ``(r, v)`` next-token log-probabilities, one row per prefix.
+        prefix: ``(r, t)`` tokens generated so far (no BOS).
+        n: n-gram size (0: nothing banned).
+
+    Returns:
+        ``logp`` with :math:`y` banned in row ``i`` when ``prefix[i, -(n-1):] + [y]`` already
+        occurs in ``prefix[i]`` (as HF ``no_repeat_ngram_size``).
+    """
+    t = prefix.shape[1]
+    if n <= 0 or t < n:
+        return logp
+    if n == 1:
+        return logp.scatter(1, prefix, -math.inf)
+    grams = prefix.unfold(1, n - 1, 1)[:, : t - n + 1]  # (r, t-n+1, n-1): heads of past n-grams
+    hit = (grams == prefix[:, None, t - n + 1 :]).all(-1)  # (r, t-n+1)
+    if not bool(hit.any()):
+        return logp
+    nxt = prefix[:, n - 1 :]  # the token that followed each head
+    rows, cols = hit.nonzero(as_tuple=True)
+    logp = logp.clone()
+    logp[rows, nxt[rows, cols]] = -math.inf
+    return logp
+
+
 def _pad_output(rows: list[torch.Tensor], device) -> torch.Tensor:
     n = max((len(r) for r in rows), default=0)
     out = torch.full((len(rows), n), -1, dtype=torch.long, device=device)
@@ -75,6 +103,7 @@ def greedy_search(
     *,
     max_len: int,
     min_len: int = 0,
+    no_repeat_ngram: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy decoding: the arg-max token at every step, one forward per step for the batch.
 
@@ -84,12 +113,15 @@ def greedy_search(
         src_mask: ``(b, s)`` bool (default ``src != pad_id``).
         max_len: most output tokens (EOS excluded).
         min_len: fewest output tokens.
+        no_repeat_ngram: ban tokens that would repeat an n-gram of this size (0: off); see
+            :func:`ban_repeated_ngrams`.
 
     Returns:
         ``tokens (b, n)`` int64 without BOS/EOS, padded with -1; ``scores (b,)`` summed
         log-probabilities including EOS.
     """
     _check_common(model, src, max_len, min_len)
+    check_positive_int(no_repeat_ngram, "no_repeat_ngram", 0)
     cfg = model.config
     state = model.init_state(src, src_mask)
     b = src.shape[0]
@@ -99,6 +131,7 @@ def greedy_search(
     last = torch.full((b,), cfg.bos_id, dtype=torch.long, device=src.device)
     for t in range(max_len + 1):
         logp = _restrict(model.step(state, last), t, cfg, min_len, max_len)
+        logp = ban_repeated_ngrams(logp, tokens[alive, :t], no_repeat_ngram)
         best, tok = logp.max(-1)
         scores[alive] += best
         tokens[alive, t] = tok
@@ -124,6 +157,7 @@ def beam_search(
     max_len: int,
     length_penalty: float = 1.0,
     min_len: int = 0,
+    no_repeat_ngram: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Batched beam search over examples and beams (see the module docstring for the rules).
 
@@ -138,6 +172,8 @@ def beam_search(
         max_len: most output tokens, EOS excluded.
         length_penalty: ``alpha`` in :math:`\log p / (L+1)^\alpha` (0: raw log-probability).
         min_len: fewest output tokens.
+        no_repeat_ngram: ban tokens that would repeat an n-gram of this size in their beam
+            (0: off); see :func:`ban_repeated_ngrams`. Scores stay model log-probabilities.
 
     Returns:
         ``tokens (b, n)`` int64 best hypothesis per example without BOS/EOS, padded with -1 (an
@@ -151,8 +187,11 @@ def beam_search(
     _check_common(model, src, max_len, min_len)
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, int | float):
         raise TypeError(f"length_penalty must be a number, got {length_penalty!r}")
+    check_positive_int(no_repeat_ngram, "no_repeat_ngram", 0)
     if beam_size == 1:
-        return greedy_search(model, src, src_mask, max_len=max_len, min_len=min_len)
+        return greedy_search(
+            model, src, src_mask, max_len=max_len, min_len=min_len, no_repeat_ngram=no_repeat_ngram
+        )
     cfg, k, dev = model.config, beam_size, src.device
     b, n_max = src.shape[0], max_len + 1
     state = model.init_state(src, src_mask, repeat=k)
@@ -175,6 +214,7 @@ def beam_search(
     for t in range(n_max):
         ba = ex.shape[0]
         logp = _restrict(model.step(state, last), t, cfg, min_len, max_len)  # (ba*k, v)
+        logp = ban_repeated_ngrams(logp, alive_tok.reshape(ba * k, t), no_repeat_ngram)
         v = logp.shape[-1]
         cand = (alive_sc[:, :, None] + logp.view(ba, k, v)).view(ba, k * v)
         top_sc, top_ix = cand.topk(min(2 * k, k * v), dim=-1, sorted=True)  # (ba, 2k)

@@ -261,8 +261,11 @@ def generate_ids(
     length_penalty: float = 0.0,
     batch_size: int = 32,
     stop: str = "best_overall",
+    no_repeat_ngram: int = 0,
 ) -> list[dict[str, Any]]:
     """Decode encoded sources in length-sorted batches; results in input order.
+
+    ``no_repeat_ngram`` (L2R models only) bans repeating an n-gram of that size within an output.
 
     Returns one dict per source: ``tokens`` (ids), and for bidirectional models also
     ``direction`` (0 L2R, 1 R2L), ``l2r`` and ``r2l`` (each direction's best ids).
@@ -271,6 +274,8 @@ def generate_ids(
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     out: list[dict[str, Any]] = [{} for _ in sources]
     bi = isinstance(model, BidirectionalSeq2Seq)
+    if bi and no_repeat_ngram:
+        raise ValueError("no_repeat_ngram is not supported by the bidirectional search (use 0)")
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -286,8 +291,9 @@ def generate_ids(
                 }  # fmt: skip
         else:
             toks, _ = beam_search(
-                model, src, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty
-            )
+                model, src, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty,
+                no_repeat_ngram=no_repeat_ngram,
+            )  # fmt: skip
             for j, i in enumerate(idx):
                 out[i] = {"tokens": _row(toks[j])}
     return out

@@ -195,3 +195,35 @@ def test_pages_render_in_a_headless_browser(site):
             assert errors == []
         finally:
             browser.close()
+
+
+def _kexue_commands(text: str) -> list[str]:
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.split(" #")[0].strip()
+            for part in line.split("|"):
+                part = part.strip()
+                if part.startswith("kexue "):
+                    out.append(part)
+    return out
+
+
+def test_every_kexue_command_in_the_docs_parses():
+    """Commands too long to run in the tests (full trainings) must at least be valid: each one
+    in a bash block of the README or a docs page parses with the real CLI parser."""
+    import shlex
+
+    from kexue.cli import _parse, build_parser
+
+    pages = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+    cmds = [(p, c) for p in pages if "_build" not in p.parts for c in _kexue_commands(
+        p.read_text(encoding="utf-8"))]  # fmt: skip
+    assert len(cmds) >= 20
+    for page, cmd in cmds:
+        argv = [a for a in shlex.split(cmd)[1:] if a != "\\"]
+        try:
+            args = _parse(build_parser(), argv)
+        except SystemExit as e:  # argparse's own exit
+            raise AssertionError(f"{page.name}: `{cmd}` does not parse") from e
+        assert callable(getattr(args, "func", None)), f"{page.name}: `{cmd}`"

@@ -29,6 +29,7 @@ from kexue.seq2seq.metrics import char_tokens, title_scores
 BASE: dict[str, Any] = {
     "embed_dim": 128, "layers": 2, "dropout": 0.1, "lr": 2e-3, "max_src_len": 128,
     "batch_size": 32, "copy_prior": True, "pointer": False, "label_smoothing": 0.0,
+    "copy_continuation": False,
 }  # fmt: skip
 # label -> changes from BASE (BASE = `kexue seq2seq train`'s defaults before this benchmark)
 ARMS: dict[str, dict[str, Any]] = {
@@ -40,6 +41,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "+ pointer, lr 1e-3": {"pointer": True, "lr": 1e-3},
     "+ pointer, width 192": {"pointer": True, "embed_dim": 192},
     "+ pointer, dropout 0.3": {"pointer": True, "dropout": 0.3},
+    "+ pointer, copy continuation": {"pointer": True, "copy_continuation": True},
 }
 
 
@@ -47,7 +49,7 @@ def _model(vocab, o: dict[str, Any]):
     return recipe.new_model("l2r", vocab, embed_dim=o["embed_dim"], num_heads=4,
                             encoder_layers=o["layers"], decoder_layers=o["layers"],
                             dropout=o["dropout"], copy_prior=o["copy_prior"],
-                            pointer=o["pointer"])  # fmt: skip
+                            pointer=o["pointer"], copy_continuation=o["copy_continuation"])  # fmt: skip
 
 
 def _steps_for(vocab, ds, o: dict[str, Any], budget: float, seed: int) -> int:

@@ -14,11 +14,12 @@ BOS, EOS, PAD = 2, 3, 0
 
 
 def tiny(
-    seed: int = 0, layers: int = 2, copy: bool = False, pointer: bool = False
+    seed: int = 0, layers: int = 2, copy: bool = False, pointer: bool = False, cont: bool = False
 ) -> BidirectionalSeq2Seq:
     torch.manual_seed(seed)
     cfg = Seq2SeqConfig(vocab_size=V, embed_dim=16, num_heads=2, encoder_layers=1,
-                        decoder_layers=layers, dropout=0.0, copy_prior=copy, pointer=pointer)  # fmt: skip
+                        decoder_layers=layers, dropout=0.0, copy_prior=copy, pointer=pointer,
+                        copy_continuation=cont)  # fmt: skip
     model = BidirectionalSeq2Seq(cfg).eval()
     with torch.no_grad():
         if copy:
@@ -27,6 +28,8 @@ def tiny(
         if pointer:  # a gate away from 1/2 and peaked copy attention
             model.base.copy_gate.bias.normal_()
             model.base.copy_query.weight.mul_(4.0)
+            if cont:
+                model.base.copy_cont.fill_(2.5)
     return model
 
 
@@ -145,10 +148,16 @@ def test_pseudo_targets_remove_the_leak() -> None:
 
 
 @pytest.mark.parametrize(
-    "layers,copy,pointer", [(1, False, False), (2, True, False), (2, False, True)]
+    "layers,copy,pointer,cont",
+    [
+        (1, False, False, False),
+        (2, True, False, False),
+        (2, False, True, False),
+        (2, False, True, True),
+    ],
 )
-def test_cached_pair_step_equals_full_forward(layers, copy, pointer) -> None:
-    model = tiny(seed=4, layers=layers, copy=copy, pointer=pointer)
+def test_cached_pair_step_equals_full_forward(layers, copy, pointer, cont) -> None:
+    model = tiny(seed=4, layers=layers, copy=copy, pointer=pointer, cont=cont)
     src, _, _ = data(b=2)
     B, n = 3, 5
     g = torch.Generator().manual_seed(7)
@@ -192,3 +201,20 @@ def test_bad_inputs() -> None:
         model.loss(torch.zeros_like(src), tgt)
     with pytest.raises(TypeError, match="config"):
         BidirectionalSeq2Seq(None)
+
+
+def test_copy_continuation_points_right_for_l2r_and_left_for_r2l() -> None:
+    """All copy, flat copy scores: the bonus alone picks the source neighbour of the fed token
+    (L2R: the token after it in the source; R2L: the one before)."""
+    model = tiny(pointer=True, cont=True)
+    with torch.no_grad():
+        model.base.copy_query.weight.zero_()
+        model.base.copy_gate.bias.fill_(-30.0)
+        model.base.copy_gate.weight.zero_()
+        model.base.copy_cont.fill_(30.0)
+    src = torch.tensor([[4, 5, 6, 7]])
+    inp_l = torch.tensor([[BOS, 5]])  # after 5, L2R continues with 6
+    inp_r = torch.tensor([[EOS, 6]])  # after 6, R2L continues with 5
+    zl, zr = model(src, inp_l, inp_r)
+    assert int(zl[0, 1].argmax()) == 6 and zl[0, 1].exp()[6] > 0.99
+    assert int(zr[0, 1].argmax()) == 5 and zr[0, 1].exp()[5] > 0.99

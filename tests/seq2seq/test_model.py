@@ -25,6 +25,8 @@ def tiny(seed: int = 0, **kw) -> Seq2Seq:
         with torch.no_grad():
             model.copy_gate.bias.normal_()
             model.copy_query.weight.mul_(4.0)
+            if model.config.copy_continuation:
+                model.copy_cont.fill_(1.7)
     return model
 
 
@@ -82,11 +84,12 @@ def test_explicit_masks_match_pad_derived_masks() -> None:
 
 
 @pytest.mark.parametrize(
-    "layers,copy,pointer", [(1, False, False), (3, False, False), (2, True, False), (2, False, True),
-                            (1, True, True)]
+    "layers,copy,pointer,cont", [(1, False, False, False), (3, False, False, False),
+                                 (2, True, False, False), (2, False, True, False),
+                                 (1, True, True, False), (2, False, True, True)]
 )  # fmt: skip
-def test_cached_decoding_equals_recomputation(layers, copy, pointer) -> None:
-    model = tiny(decoder_layers=layers, copy_prior=copy, pointer=pointer)
+def test_cached_decoding_equals_recomputation(layers, copy, pointer, cont) -> None:
+    model = tiny(decoder_layers=layers, copy_prior=copy, pointer=pointer, copy_continuation=cont)
     src, _, _, _ = batch(b=4, seed=3)
     g = torch.Generator().manual_seed(0)
     seq = torch.randint(4, V, (4, 7), generator=g)
@@ -98,9 +101,9 @@ def test_cached_decoding_equals_recomputation(layers, copy, pointer) -> None:
         torch.testing.assert_close(step, full[:, t], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("pointer", [False, True])
-def test_cache_reorder_equals_recomputation_of_reordered_rows(pointer) -> None:
-    model = tiny(copy_prior=True, pointer=pointer)
+@pytest.mark.parametrize("pointer,cont", [(False, False), (True, False), (True, True)])
+def test_cache_reorder_equals_recomputation_of_reordered_rows(pointer, cont) -> None:
+    model = tiny(copy_prior=True, pointer=pointer, copy_continuation=cont)
     src, _, _, _ = batch(b=3, seed=4)
     inp = torch.tensor([[2, 5, 6, 7], [2, 4, 4, 8], [2, 8, 7, 6]])
     state = model.init_state(src)
@@ -178,7 +181,8 @@ def test_copy_prior_raises_source_tokens() -> None:
 
 
 def pointer_oracle(model, src_row, inp_row):
-    """Float64, one row, loops: log(g softmax(z) + (1 - g) sum_{j: x_j = w} a_j) at every step.
+    """Float64, one row, loops: log(g softmax(z) + (1 - g) sum_{j: x_j = w} a_j) at every step,
+    a_j over scores q.k_j / sqrt(d) + w_c [x_{j-1} = y_{i-1}] (the bonus with copy_continuation).
 
     Only the decoder states come from the model; the mixture is written out here."""
     src, inp = torch.tensor([src_row]), torch.tensor([inp_row])
@@ -194,6 +198,11 @@ def pointer_oracle(model, src_row, inp_row):
     for i in range(h.shape[0]):
         p_gen = torch.softmax(w_out @ h[i], 0)
         scores = torch.tensor([float((wq @ h[i]) @ keys[j]) / d**0.5 for j in range(len(src_row))])
+        if model.config.copy_continuation:
+            w_c = float(model.copy_cont)
+            for j in range(1, len(src_row)):
+                if src_row[j - 1] == inp_row[i]:
+                    scores[j] += w_c
         a = torch.softmax(scores.double(), 0)
         g = torch.sigmoid(wg @ h[i] + bg)
         p = g * p_gen
@@ -203,10 +212,10 @@ def pointer_oracle(model, src_row, inp_row):
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_pointer_output_equals_the_written_out_mixture(seed) -> None:
-    model = tiny(seed=seed, pointer=True)
-    src_row, inp_row = [4, 5, 5, 8, 4, 6][: 3 + seed], [2, 5, 7, 4]
+@pytest.mark.parametrize("seed,cont", [(0, False), (1, False), (2, False), (0, True), (3, True)])
+def test_pointer_output_equals_the_written_out_mixture(seed, cont) -> None:
+    model = tiny(seed=seed, pointer=True, copy_continuation=cont)
+    src_row, inp_row = [4, 5, 5, 8, 4, 6][: 3 + seed % 3], [2, 5, 7, 4, 5]
     got = torch.log_softmax(model(torch.tensor([src_row]), torch.tensor([inp_row]))[0], -1)
     ref = pointer_oracle(model, src_row, inp_row)
     torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)

@@ -211,7 +211,10 @@ class BidirectionalSeq2Seq(nn.Module):
         z_r = self.cross_r2l(h_r, c_l, self._step_mask(t, cm_l))
         bag = self.base.source_bag(src, src_mask)
         ptr = self.base.pointer_context(src, memory, src_mask)
-        return self.base.project(z_l, bag, ptr), self.base.project(z_r, bag, ptr)
+        return (
+            self.base.project(z_l, bag, ptr, prev=inp_l2r, direction=1),
+            self.base.project(z_r, bag, ptr, prev=inp_r2l, direction=-1),
+        )
 
     def lists(
         self, tgt: torch.Tensor, tgt_mask: torch.Tensor
@@ -359,6 +362,9 @@ class BidirectionalSeq2Seq(nn.Module):
         if ptr is not None:  # likewise one source per example: (b, s, ...)
             ptr = tuple(x.view(-1, k, *x.shape[1:])[:, 0] for x in ptr)
         proj = self.base.project
-        return torch.log_softmax(proj(z_l, bag, ptr).float(), -1), torch.log_softmax(
-            proj(z_r, bag, ptr).float(), -1
+        # the token fed to L2R row a (R2L row g) this step, for every pair it appears in
+        prev_l = rearrange(tok_l2r, "(b k) -> b k", k=k)[:, :, None].expand(-1, -1, k)
+        prev_r = rearrange(tok_r2l, "(b k) -> b k", k=k)[:, :, None].expand(-1, -1, k)
+        return torch.log_softmax(proj(z_l, bag, ptr, prev_l, 1).float(), -1), torch.log_softmax(
+            proj(z_r, bag, ptr, prev_r, -1).float(), -1
         )

@@ -61,6 +61,7 @@ class Config:
     seeds: tuple[int, ...] = (0,)
     copy_prior: bool = True
     pointer: bool = True  # pointer-generator output (copies source characters)
+    copy_continuation: bool = False  # pointer bonus for continuing the previous copy
     label_smoothing: float = 0.0
     holdout: int = 0  # last N training pairs held out: dev ROUGE-L selects the kept step
     pseudo: bool = False  # third model: bidirectional trained on the L2R model's pseudo targets
@@ -89,7 +90,7 @@ class Config:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in self.seeds):
             raise ValueError(f"seeds must be a non-empty tuple of ints, got {self.seeds!r}")
-        for flag in ("copy_prior", "pointer", "pseudo"):
+        for flag in ("copy_prior", "pointer", "pseudo", "copy_continuation"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -146,7 +147,8 @@ def _one(cfg: Config, kind: str, seed: int, vocab, train_ds, train, test, dev) -
     model = recipe.new_model(arch, vocab, embed_dim=cfg.embed_dim, num_heads=cfg.num_heads,
                              encoder_layers=cfg.layers, decoder_layers=cfg.layers,
                              dropout=cfg.dropout, copy_prior=cfg.copy_prior,
-                             pointer=cfg.pointer)  # fmt: skip
+                             pointer=cfg.pointer,
+                             copy_continuation=cfg.pointer and cfg.copy_continuation)  # fmt: skip
     device = next(model.parameters()).device
     probe = tuple(x.to(device) for x in recipe.collate([it[:2] for it in train_ds.items[:64]]))
     lim = {"max_src_len": cfg.max_src_len, "max_tgt_len": cfg.max_tgt_len}

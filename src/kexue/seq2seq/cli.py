@@ -54,6 +54,8 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--max-train", type=int, default=0, help="first N training pairs (0: all)")
     t.add_argument("--pointer", action=argparse.BooleanOptionalAction, default=True,
                    help="pointer-generator output: copy source characters")  # fmt: skip
+    t.add_argument("--copy-continuation", action=argparse.BooleanOptionalAction, default=False,
+                   help="pointer: favour continuing the span copied so far")  # fmt: skip
     t.add_argument("--copy-prior", action=argparse.BooleanOptionalAction, default=True,
                    help="Su's copy prior on the output logits")  # fmt: skip
     t.add_argument("--dropout", type=float, default=0.1)
@@ -170,7 +172,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = recipe.new_model(kind, vocab, embed_dim=args.embed_dim, num_heads=args.num_heads,
                              encoder_layers=args.layers, decoder_layers=args.layers,
                              dropout=args.dropout, copy_prior=args.copy_prior,
-                             pointer=args.pointer)  # fmt: skip
+                             pointer=args.pointer,
+                             copy_continuation=args.pointer and args.copy_continuation)  # fmt: skip
     hist = recipe.fit(model, ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       warmup=min(100, max(1, args.steps // 10)), seed=args.seed, out_dir=out,
                       ckpt_every=args.ckpt_every, resume=args.resume,

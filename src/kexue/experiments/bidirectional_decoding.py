@@ -61,7 +61,7 @@ class Config:
     seeds: tuple[int, ...] = (0,)
     copy_prior: bool = True
     pointer: bool = True  # pointer-generator output (copies source characters)
-    copy_continuation: bool = False  # pointer bonus for continuing the previous copy
+    copy_continuation: bool = True  # pointer bonus for continuing the previous copy
     label_smoothing: float = 0.0
     holdout: int = 0  # last N training pairs held out: dev ROUGE-L selects the kept step
     pseudo: bool = False  # third model: bidirectional trained on the L2R model's pseudo targets
@@ -102,7 +102,7 @@ PRESETS = {
     # seconds: 16 training pairs, scored on themselves (plumbing + "it learns" check)
     "smoke": Config(train_size=16, test_size=16, eval_split="train", max_src_len=40, max_tgt_len=24,
                     embed_dim=64, layers=1, dropout=0.0, steps=80, batch_size=16, lr=6e-3,
-                    warmup=5, beam_size=2, samples=2, holdout=4, pseudo=True, threads=1),
+                    warmup=5, beam_size=2, samples=2, pseudo=True, threads=1),
     # minutes on one core: the pointer models of `kexue seq2seq train` (d=128, source 128),
     # 500 steps each, the kept step chosen on 200 held-out training pairs, 200 test pairs per set
     "quick": Config(test_size=200, max_src_len=128, max_tgt_len=32, embed_dim=128, layers=2,

@@ -103,6 +103,22 @@ def test_load_model_errors(tmp_path) -> None:
         recipe.load_model(tmp_path)
 
 
+def test_a_corrupted_model_file_is_named_in_one_line(tmp_path) -> None:
+    v = recipe.build_vocab(PAIRS)
+    model = recipe.new_model("l2r", v, embed_dim=16, num_heads=2, encoder_layers=1,
+                             decoder_layers=1, pointer=True, copy_continuation=True)  # fmt: skip
+    d = recipe.save_model(tmp_path / "m", model, v)
+    assert (d / "kexue_manifest.json").is_file()
+    recipe.load_model(d)
+    weights = d / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-5] ^= 0xFF  # one flipped byte in the tensor data: safetensors would still load it
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="model.safetensors") as err:
+        recipe.load_model(d)
+    assert "\n" not in str(err.value)
+
+
 def test_dev_selection_keeps_the_best_evaluation_weights(tmp_path, monkeypatch) -> None:
     """Scripted dev scores (best in the middle, a tie later): the model ends with the weights
     of the first best evaluation, also after a resume that reads ``best.safetensors``."""

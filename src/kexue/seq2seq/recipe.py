@@ -18,7 +18,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from kexue.core.io import atomic_write_json, load_safetensors, save_safetensors
+from kexue.core.io import (
+    atomic_write_json,
+    load_safetensors,
+    save_safetensors,
+    verify_dir_manifest,
+    write_dir_manifest,
+)
 from kexue.data import Vocab
 from kexue.seq2seq.beam import beam_search
 from kexue.seq2seq.bidirectional import BidirectionalSeq2Seq
@@ -383,7 +389,8 @@ def evaluate(
 def save_model(
     out_dir: str | os.PathLike, model: nn.Module, vocab: Vocab, extra: dict | None = None
 ) -> Path:
-    """Write ``model.safetensors`` and ``seq2seq.json`` (kind, config, vocabulary, ``extra``)."""
+    """Write ``model.safetensors``, ``seq2seq.json`` (kind, config, vocabulary, ``extra``) and
+    ``kexue_manifest.json`` (size and sha256 of every file, checked by :func:`load_model`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors(model.state_dict(), out / "model.safetensors", metadata={"format": "pt"})
@@ -394,6 +401,7 @@ def save_model(
         **(extra or {}),
     }
     atomic_write_json(out / META, meta)
+    write_dir_manifest(out)  # last: it covers both files
     return out
 
 
@@ -402,7 +410,8 @@ def load_model(model_dir: str | os.PathLike) -> tuple[nn.Module, Vocab, dict[str
 
     Raises:
         FileNotFoundError: not a model directory.
-        ValueError: unreadable or inconsistent files.
+        ValueError: unreadable or inconsistent files, or a file that differs from the
+            directory's manifest (a flipped byte, a truncation; named in one line).
     """
     import json
 
@@ -411,6 +420,7 @@ def load_model(model_dir: str | os.PathLike) -> tuple[nn.Module, Vocab, dict[str
         raise FileNotFoundError(
             f"{d} is not a seq2seq model directory (needs {META} and model.safetensors)"
         )
+    verify_dir_manifest(d)  # directories written before manifests load without one
     try:
         meta = json.loads((d / META).read_text(encoding="utf-8"))
         cfg = Seq2SeqConfig(**meta["config"])

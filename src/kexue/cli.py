@@ -117,6 +117,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_readme(args: argparse.Namespace) -> int:
+    from kexue.experiments import REGISTRY
     from kexue.report.bench import update_readme as update_bench_blocks
     from kexue.report.readme import doc_pages, update_readme, update_summary
 
@@ -130,7 +131,7 @@ def _cmd_readme(args: argparse.Namespace) -> int:
         print(f"{page}: results blocks {', '.join(names) or 'none'}")
         names = update_bench_blocks(page, bench)
         print(f"{page}: benchmark blocks {', '.join(names) or 'none'}")
-        if update_summary(page, args.snapshots):
+        if update_summary(page, args.snapshots, REGISTRY.values()):
             print(f"{page}: summary table")
     return 0
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from kexue.core.io import atomic_write_json, atomic_write_text
 from kexue.report.build import load_results
@@ -119,13 +121,14 @@ _PAGES = {
 }  # fmt: skip
 
 
-def summary_block(snapshots: str | Path, scale: str = "quick") -> str:
-    """The README's one-screen table: per registered experiment, its article, what it shows,
-    and the verdict counts of its committed ``scale`` snapshot (never typed by hand)."""
-    from kexue.experiments import REGISTRY
+def summary_block(snapshots: str | Path, entries: Iterable[Any], scale: str = "quick") -> str:
+    """The README's one-screen table: per experiment, its article, what it shows, and the
+    verdict counts of its committed ``scale`` snapshot (never typed by hand).
 
+    ``entries``: the experiment registry's entries (``name``, ``article``, ``part``,
+    ``summary``), passed in because ``report`` never imports the experiments."""
     rows = []
-    for e in REGISTRY.values():
+    for e in entries:
         path = Path(snapshots) / scale / f"{e.name}.json"
         counts: dict[str, int] = {}
         if path.is_file():
@@ -142,13 +145,14 @@ def summary_block(snapshots: str | Path, scale: str = "quick") -> str:
     return table_md(head, rows) + "\n"
 
 
-def update_summary(readme: str | Path, snapshots: str | Path) -> bool:
-    """Rewrite the ``<!-- kexue:summary -->`` block of ``readme``; True if it has one."""
+def update_summary(readme: str | Path, snapshots: str | Path, entries: Iterable[Any]) -> bool:
+    """Rewrite the ``<!-- kexue:summary -->`` block of ``readme`` (see :func:`summary_block`);
+    True if it has one."""
     readme = Path(readme)
     text = readme.read_text(encoding="utf-8")
     if not SUMMARY.search(text):
         return False
-    body = summary_block(snapshots)
+    body = summary_block(snapshots, entries)
     new = SUMMARY.sub(lambda m: f"<!-- kexue:summary -->\n{body}<!-- /kexue:summary -->", text)
     if new != text:
         atomic_write_text(readme, new)

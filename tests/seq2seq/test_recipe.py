@@ -153,3 +153,16 @@ def test_dev_selection_keeps_the_best_evaluation_weights(tmp_path, monkeypatch) 
         recipe.fit(model, data, steps=1, dev=(v, []))
     with pytest.raises(ValueError, match="max_seconds"):
         recipe.fit(model, data, steps=1, max_seconds=0)
+
+
+def test_pseudo_target_data_holds_the_models_greedy_titles() -> None:
+    torch.manual_seed(0)
+    v = recipe.build_vocab(PAIRS)
+    data = recipe.encode_pairs(v, PAIRS, max_src_len=16, max_tgt_len=8)
+    model = recipe.new_model("l2r", v, embed_dim=16, num_heads=2, encoder_layers=1,
+                             decoder_layers=1, pointer=True).eval()  # fmt: skip
+    got = recipe.pseudo_target_data(model, data, max_len=6)
+    greedy = recipe.generate_ids(model, [it[0] for it in data.items], beam_size=1, max_len=6)
+    for (s, t, p), (s0, t0), g in zip(got.items, data.items, greedy, strict=True):
+        assert (s, t) == (s0, t0)
+        assert p == (g["tokens"] or s[:1])

@@ -17,17 +17,13 @@ forced loss (where the training leak shows) and sample outputs.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from kexue import data
 from kexue.core.checks import check_config_int
-from kexue.core.seed import seed_everything
 from kexue.core.threads import num_threads
-from kexue.report.plots import figure, save
+from kexue.report.plots import line_panels
 from kexue.report.result import Result, rank_claim
 from kexue.seq2seq import recipe
 from kexue.seq2seq.metrics import char_tokens, title_scores
@@ -132,49 +128,23 @@ def _pairs(name: str, cfg: Config) -> tuple[list, list, list]:
     return train, dev, test[: cfg.test_size] if cfg.test_size else test
 
 
-def _pseudo_data(cfg: Config, l2r_model, vocab, train_ds):
-    """Training items ``(src, tgt, pseudo)``: pseudo = the L2R model's greedy title of each
-    source (its first source character when it writes nothing)."""
-    srcs = [it[0] for it in train_ds.items]
-    outs = recipe.generate_ids(l2r_model, srcs, beam_size=1, max_len=cfg.max_tgt_len)
-    items = [(s, t, o["tokens"] or s[:1]) for (s, t), o in zip(train_ds.items, outs, strict=True)]
-    return recipe.PairData(items)
-
-
-def _one(cfg: Config, kind: str, seed: int, vocab, train_ds, train, test, dev) -> dict:
-    seed_everything(seed)
-    arch = "l2r" if kind == "l2r" else "bidirectional"
-    model = recipe.new_model(arch, vocab, embed_dim=cfg.embed_dim, num_heads=cfg.num_heads,
-                             encoder_layers=cfg.layers, decoder_layers=cfg.layers,
-                             dropout=cfg.dropout, copy_prior=cfg.copy_prior,
-                             pointer=cfg.pointer,
-                             copy_continuation=cfg.pointer and cfg.copy_continuation)  # fmt: skip
-    device = next(model.parameters()).device
-    probe = tuple(x.to(device) for x in recipe.collate([it[:2] for it in train_ds.items[:64]]))
-    lim = {"max_src_len": cfg.max_src_len, "max_tgt_len": cfg.max_tgt_len}
-    tprobe = tuple(
-        x.to(device) for x in recipe.collate(recipe.encode_pairs(vocab, test[:64], **lim).items)
-    )
-    with torch.no_grad():
-        model.eval()
-        loss0 = model.loss(*probe).item()
-    t0 = time.perf_counter()
-    hist = recipe.fit(model, train_ds, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                      warmup=cfg.warmup, seed=seed, label_smoothing=cfg.label_smoothing,
-                      dev=(vocab, dev) if dev else None, dev_src_len=cfg.max_src_len,
-                      dev_tgt_len=cfg.max_tgt_len)  # fmt: skip
-    train_s = time.perf_counter() - t0
-    with torch.no_grad():
-        loss1, test_loss = model.loss(*probe).item(), model.loss(*tprobe).item()
-    t0 = time.perf_counter()
-    sources = [recipe.encode_text(vocab, s, cfg.max_src_len) for s, _ in test]
-    outs = recipe.generate_ids(model, sources, beam_size=cfg.beam_size, max_len=cfg.max_tgt_len)
-    hyps = [recipe.detok(vocab, o["tokens"]) for o in outs]
-    r2l_share = sum(o.get("direction", 0) for o in outs) / len(outs)
-    return {"hyps": hyps, "loss0": loss0, "loss1": loss1, "test_loss": test_loss, "train_s": train_s,
-            "decode_s": time.perf_counter() - t0, "r2l_share": r2l_share, "model": model,
-            "kept_step": hist.get("best", {}).get("step", cfg.steps),
-            "params": sum(p.numel() for p in model.parameters())}  # fmt: skip
+def _one(cfg: Config, kind: str, seed: int, vocab, train_ds, test, dev) -> dict:
+    model_kw = {
+        "embed_dim": cfg.embed_dim,
+        "num_heads": cfg.num_heads,
+        "encoder_layers": cfg.layers,
+        "decoder_layers": cfg.layers,
+        "dropout": cfg.dropout,
+        "copy_prior": cfg.copy_prior,
+        "pointer": cfg.pointer,
+        "copy_continuation": cfg.pointer and cfg.copy_continuation,
+    }
+    fit_kw = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup": cfg.warmup,
+              "label_smoothing": cfg.label_smoothing}  # fmt: skip
+    return recipe.train_and_decode("l2r" if kind == "l2r" else "bidirectional", vocab, train_ds,
+                                   test, model_kw=model_kw, fit_kw=fit_kw, dev=dev,
+                                   max_src_len=cfg.max_src_len, max_tgt_len=cfg.max_tgt_len,
+                                   beam_size=cfg.beam_size, seed=seed)  # fmt: skip
 
 
 def run(cfg: Config, out_dir: Path, progress: bool = True) -> Result:
@@ -209,12 +179,10 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
             runs = []
             for seed in cfg.seeds:
                 say(f"[bidirectional-decoding] {name} {kind} seed {seed}: {cfg.steps} steps")
-                ds = (
-                    _pseudo_data(cfg, l2r_models[seed], vocab, train_ds)
-                    if kind == "pseudo"
-                    else train_ds
-                )
-                runs.append(_one(cfg, kind, seed, vocab, ds, train, test, dev))
+                ds = train_ds  # the pseudo arm: contexts from the same-seed L2R model's titles
+                if kind == "pseudo":
+                    ds = recipe.pseudo_target_data(l2r_models[seed], train_ds, cfg.max_tgt_len)
+                runs.append(_one(cfg, kind, seed, vocab, ds, test, dev))
                 if kind == "l2r":
                     l2r_models[seed] = runs[-1]["model"]
                 runs[-1]["model"] = None  # the pseudo arm needs the L2R models only
@@ -319,16 +287,11 @@ def _run(cfg: Config, out_dir: Path, progress: bool) -> Result:
         res.compare("title quality (ROUGE-L), bidirectional on pseudo targets",
                     article="the paper's leak mitigation (Su describes it, does not run it)",
                     ours=ours, note=claim + " (all sets pooled)", verdict=verdict)  # fmt: skip
-    fig, axes = figure(1, len(cfg.datasets), width=5.0, height=3.6)
-    for j, name in enumerate(cfg.datasets):
-        ax = axes[0, j]
-        for kind in kinds:
-            ax.plot(range(8), curves[(name, kind)], marker="o", label=kind)
-        ax.set_xticks(range(8), ["1", "2", "3", "4", "-4", "-3", "-2", "-1"])
-        ax.set(title=name, xlabel="position (from start | from end)", ylabel="character accuracy")
-        ax.legend()
+    panels = [{"series": {k: (list(range(8)), curves[(name, k)]) for k in kinds}, "title": name,
+               "xlabel": "position: 1-4 from the start (0-3), 4-1 from the end (4-7)",
+               "ylabel": "character accuracy"} for name in cfg.datasets]  # fmt: skip
     caption = "per-position accuracy, references >= 8 chars"
-    res.plot(save(fig, out_dir / "position_accuracy.png"), caption)
+    res.plot(line_panels(panels, out_dir / "position_accuracy.png", width=5.0, height=3.6), caption)
     res.note("Leak: the bidirectional model's teacher-forced loss uses gold tokens of the other direction, "
              "so compare its 'eval loss' with generation quality, not with the L2R loss: at test time the "
              "context comes from its own predictions. Mitigation (pseudo targets) is available as "

@@ -17,16 +17,15 @@ first k characters of the passage, k = the median training answer length) needs 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kexue.core.checks import check_config_int
-from kexue.core.seed import seed_everything
 from kexue.core.threads import num_threads
-from kexue.lm import PretrainConfig, cached_pretrained
-from kexue.mrc.recipe import KINDS, evaluate, fit, lead_baseline, load_examples, make_reader
+from kexue.lm import PretrainConfig
+from kexue.mrc.recipe import KINDS, lead_baseline, load_examples, resolve_bert, train_and_score
+from kexue.report.plots import line_panels
 from kexue.report.result import Result
 
 NAMES = {"mlm": "MLM (one pass)", "ar": "AR (UniLM seq2seq)", "span": "span (start/end)"}
@@ -117,19 +116,12 @@ class Config:
     def pretrain_config(self) -> PretrainConfig:
         """The cached pretraining's config (positions cover the longest reader input)."""
         need = self.max_answer_len + self.max_question_len + self.max_passage_len + 3
-        return PretrainConfig(  # fmt: skip
-            hidden_size=self.lm_hidden,
-            num_layers=self.lm_layers,
-            num_heads=self.lm_heads,
-            max_positions=max(512, need),
-            max_len=self.lm_max_len,
-            steps=self.lm_steps,
-            batch_size=self.lm_batch,
-            lr=self.lm_lr,
-            max_texts=self.lm_max_texts,
-            warmup=min(500, self.lm_steps // 10),
-            seed=self.seed,
-        )
+        return PretrainConfig(
+            hidden_size=self.lm_hidden, num_layers=self.lm_layers, num_heads=self.lm_heads,
+            max_positions=max(512, need), max_len=self.lm_max_len, steps=self.lm_steps,
+            batch_size=self.lm_batch, lr=self.lm_lr, max_texts=self.lm_max_texts,
+            warmup=min(500, self.lm_steps // 10), seed=self.seed,
+        )  # fmt: skip
 
 
 # fmt: off
@@ -154,50 +146,20 @@ PRESETS = {
 # fmt: on
 
 
-def _speed(reader: Any, queries: list, batch: int) -> float:
-    reader.predict_batch(queries[:2], batch)  # warm-up
-    t0 = time.perf_counter()
-    reader.predict_batch(queries, batch)
-    return len(queries) / (time.perf_counter() - t0)
-
-
 def _plot(curves: dict[str, list[float]], out_dir: Path) -> str:
-    from kexue.report.plots import figure, save
-
-    fig, axes = figure(1, 1)
-    ax = axes[0, 0]
+    series = {}
     for kind, losses in curves.items():
-        w = max(1, len(losses) // 50)
+        w = max(1, len(losses) // 50)  # smoothed: the mean of every w logged losses
         smooth = [sum(losses[i : i + w]) / len(losses[i : i + w]) for i in range(0, len(losses), w)]
-        ax.plot([i * w for i in range(len(smooth))], smooth, label=NAMES[kind])
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_yscale("log")
-    ax.legend()
-    return save(fig, out_dir / "loss.png")
+        series[NAMES[kind]] = ([i * w for i in range(len(smooth))], smooth)
+    panel = {"series": series, "xlabel": "step", "ylabel": "training loss", "logy": True,
+             "style": "-"}  # fmt: skip
+    return line_panels([panel], out_dir / "loss.png", width=6.0)
 
 
 def bert_dir(cfg: Config, progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """``(directory, summary)`` of ``cfg``'s BERT: a shipped model or directory (``summary``
-    from its manifest) or, for ``bert=""``, the one pretrained from the ``lm_*`` fields (the
-    :func:`kexue.lm.cached_pretrained` summary)."""
-    if not cfg.bert:
-        return cached_pretrained(cfg.pretrain_config(), progress=progress)
-    from kexue.core.io import verify_dir_manifest
-    from kexue.lm import resolve_model_dir
-
-    path = resolve_model_dir(cfg.bert)
-    if not path.is_dir():
-        raise FileNotFoundError(f"bert={cfg.bert!r}: neither a shipped model nor a directory")
-    man = verify_dir_manifest(path) or {}
-    ev = man.get("eval", {}).get("chinese_text_valid", {})
-    return path, {
-        "eval": {"mlm_accuracy": ev.get("mlm_accuracy", float("nan")),
-                 "perplexity": ev.get("perplexity", float("nan"))},
-        "vocab_size": man.get("vocab_size", 0),
-        "cached": True,
-        "manifest": man,
-    }  # fmt: skip
+    """``(directory, summary)`` of ``cfg``'s BERT (:func:`kexue.mrc.recipe.resolve_bert`)."""
+    return resolve_bert(cfg.bert, cfg.pretrain_config() if not cfg.bert else None, progress)
 
 
 def run(cfg: Config, out_dir: Path, progress: bool = True) -> Result:
@@ -218,42 +180,17 @@ def run(cfg: Config, out_dir: Path, progress: bool = True) -> Result:
             "stride": cfg.stride,
             "require_answer": cfg.require_answer,
         }
+        fit_kw = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                  "warmup": cfg.warmup, "answer_window_prob": cfg.answer_window_prob}  # fmt: skip
         runs: dict[str, list[dict]] = {}
         curves = {}
         for kind in cfg.readers:
             for seed in seeds:
-                seed_everything(seed)
-                reader = make_reader(kind, lm_path, **lengths)
-                t0 = time.perf_counter()
-                hist = fit(
-                    reader,
-                    train,
-                    steps=cfg.steps,
-                    batch_size=cfg.batch_size,
-                    lr=cfg.lr,
-                    warmup=cfg.warmup,
-                    answer_window_prob=cfg.answer_window_prob,
-                    seed=seed,
-                    progress=progress,
-                )
-                train_s = time.perf_counter() - t0
-                ev = evaluate(reader, test, batch_size=cfg.eval_batch)
-                hv = evaluate(reader, held, batch_size=cfg.eval_batch) if held else None
-                queries = [(ex.question, ex.passages) for ex in test[: cfg.speed_questions]]
-                losses = hist["losses"]
-                k = max(1, min(20, len(losses) // 5))
-                runs.setdefault(kind, []).append({
-                    **{m: ev[m] for m in ("em", "f1", "accuracy", "sogou_f1", "final", "empty")},
-                    "holdout_f1": hv["f1"] if hv else float("nan"),
-                    "qps_1": _speed(reader, queries, 1),
-                    "qps_32": _speed(reader, queries, 32),
-                    "loss_start": sum(losses[:k]) / k,
-                    "loss_end": sum(losses[-k:]) / k,
-                    "train_s": train_s,
-                    "empty_questions": ev["empty_questions"],
-                    "seed": seed,
-                })  # fmt: skip
-                curves.setdefault(kind, losses)
+                r = train_and_score(kind, lm_path, train, test, held, reader_kw=lengths,
+                                    fit_kw=fit_kw, seed=seed, eval_batch=cfg.eval_batch,
+                                    speed_questions=cfg.speed_questions, progress=progress)  # fmt: skip
+                curves.setdefault(kind, r.pop("losses"))
+                runs.setdefault(kind, []).append(r)
         lead = lead_baseline(train, test)
     return _result(cfg, runs, curves, lm, lead, len(train), len(held), len(test), out_dir)
 
@@ -304,85 +241,50 @@ def _result(
     res.metric("n_train", n_train, "CMRC dev questions trained on")
     res.metric("n_holdout", n_held, "CMRC dev questions held out (selection set)")
     res.metric("n_test", n_test, "CMRC trial questions evaluated")
-    res.compare(
-        "Final = (Accuracy + F1) / 2, MLM reader",
-        article=f"{ARTICLE_FINAL:.4f}",
-        ours=f"{m['final']:.4f}",
-        verdict="not comparable",
-        note="article: SogouQA valid, Google Chinese BERT-base (110M), 10 epochs; ours: CMRC "
-        f"2018 trial, {bert_name} (BERT-mini size, pretrained from scratch on a CPU), "
-        "trained on CMRC dev",
-    )
-    res.compare(
-        "MLM reader vs passage-lead baseline, F1 (CMRC)",
-        article="—",
-        ours=f"{m['f1']:.3f} vs {lead['f1']:.3f}",
-        verdict="holds" if m["f1"] > lead["f1"] else "does not hold",
-        note="claim checked: the reader has learned more than copying the passage's start",
-    )
+    res.compare("Final = (Accuracy + F1) / 2, MLM reader", article=f"{ARTICLE_FINAL:.4f}",
+                ours=f"{m['final']:.4f}", verdict="not comparable",
+                note="article: SogouQA valid, Google Chinese BERT-base (110M), 10 epochs; ours: "
+                f"CMRC 2018 trial, {bert_name} (BERT-mini size, pretrained from scratch on a CPU), "
+                "trained on CMRC dev")  # fmt: skip
+    res.compare("MLM reader vs passage-lead baseline, F1 (CMRC)", article="—",
+                ours=f"{m['f1']:.3f} vs {lead['f1']:.3f}",
+                verdict="holds" if m["f1"] > lead["f1"] else "does not hold",
+                note="claim checked: the reader has learned more than copying the passage's start")  # fmt: skip
     if "ar" in rows:
         a = rows["ar"]
         f1s = {k: [r["f1"] for r in rs] for k, rs in runs.items()}
-        verdict = rank("MLM", f1s["mlm"], "AR", f1s["ar"])
-        res.compare(
-            "F1, MLM vs AR (seq2seq); article: Final",
-            article=f"{ARTICLE_FINAL:.4f} vs {ARTICLE_FINAL_AR:.4f}",
-            ours=f"{m['f1']:.4f} vs {a['f1']:.4f}",
-            verdict=""
-            if n_seeds < 3
-            else "does not hold"
-            if verdict.startswith("AR >")
-            else "holds",
-            note=f"the article's claim is MLM ≈ AR in quality: {verdict}",
-        )
+        claim = rank("MLM", f1s["mlm"], "AR", f1s["ar"])
+        verdict = "" if n_seeds < 3 else "does not hold" if claim.startswith("AR >") else "holds"
+        res.compare("F1, MLM vs AR (seq2seq); article: Final",
+                    article=f"{ARTICLE_FINAL:.4f} vs {ARTICLE_FINAL_AR:.4f}",
+                    ours=f"{m['f1']:.4f} vs {a['f1']:.4f}", verdict=verdict,
+                    note=f"the article's claim is MLM ≈ AR in quality: {claim}")  # fmt: skip
         ratio = m["qps_32"] / a["qps_32"]
-        res.compare(
-            "speed, MLM / AR (questions/s)",
-            article="≈ 12 / 2 = 6×",
-            ours=f"{m['qps_32']:.1f} / {a['qps_32']:.1f} = {ratio:.1f}× (batch 32); "
-            f"{m['qps_1'] / a['qps_1']:.1f}× at batch 1",
-            verdict="holds" if ratio >= 5 else "partly" if ratio > 1 else "does not hold",
-            note="same BERT and answer cap; AR decodes with a key/value cache; both answering",
-        )
+        res.compare("speed, MLM / AR (questions/s)", article="≈ 12 / 2 = 6×",
+                    ours=f"{m['qps_32']:.1f} / {a['qps_32']:.1f} = {ratio:.1f}× (batch 32); "
+                    f"{m['qps_1'] / a['qps_1']:.1f}× at batch 1",
+                    verdict="holds" if ratio >= 5 else "partly" if ratio > 1 else "does not hold",
+                    note="same BERT and answer cap; AR decodes with a key/value cache; both answering")  # fmt: skip
     if "span" in rows:
         sp = rows["span"]
-        res.compare(
-            "speed, MLM / span reader",
-            article="—",
-            ours=f"{m['qps_32'] / sp['qps_32']:.2f}× at batch 32, "
-            f"{m['qps_1'] / sp['qps_1']:.2f}× at batch 1",
-        )
+        res.compare("speed, MLM / span reader", article="—",
+                    ours=f"{m['qps_32'] / sp['qps_32']:.2f}× at batch 32, "
+                    f"{m['qps_1'] / sp['qps_1']:.2f}× at batch 1")  # fmt: skip
     cols = ("reader|EM|F1|F1 SD|answered|held-out dev F1|Final|q/s b=1|q/s b=32|"
             "train loss first → last").split("|")  # fmt: skip
-    table = [
-        [
-            NAMES[k],
-            round(r["em"], 4),
-            round(r["f1"], 4),
-            round(sds[k]["f1"], 4),
-            round(1 - r["empty"], 3),
-            round(r["holdout_f1"], 4),
-            round(r["final"], 4),
-            round(r["qps_1"], 1),
-            round(r["qps_32"], 1),
-            f"{r['loss_start']:.3f} → {r['loss_end']:.3f}",
-        ]  # fmt: skip
-        for k, r in rows.items()
-    ]
+    table = [[NAMES[k], round(r["em"], 4), round(r["f1"], 4), round(sds[k]["f1"], 4),
+              round(1 - r["empty"], 3), round(r["holdout_f1"], 4), round(r["final"], 4),
+              round(r["qps_1"], 1), round(r["qps_32"], 1),
+              f"{r['loss_start']:.3f} → {r['loss_end']:.3f}"] for k, r in rows.items()]  # fmt: skip
     table.append([f"passage lead (first {int(lead['k'])} chars; no learning)",
                   round(lead["em"], 4), round(lead["f1"], 4), "", 1.0, "",
                   round(lead["final"], 4), "", "", ""])  # fmt: skip
     res.table(f"CMRC 2018 trial, same BERT ({bert_name}), mean of {n_seeds} seed(s)", cols, table)
     res.plot(_plot(curves, out_dir), "training loss of each reader (smoothed)")
-    res.note(
-        "Split: trained on CMRC 2018 dev, evaluated on CMRC 2018 trial (the official "
-        "train set is not shipped); not the leaderboard's setting."
-    )
-    pre = (
-        f"{cfg.lm_layers}-layer, {cfg.lm_hidden}-d BERT, {cfg.lm_steps} MLM steps"
-        if not cfg.bert
-        else f"{bert_name} (its manifest: kexue.lm.shipped_dir)"
-    )
+    res.note("Split: trained on CMRC 2018 dev, evaluated on CMRC 2018 trial (the official "
+             "train set is not shipped); not the leaderboard's setting.")  # fmt: skip
+    pre = (f"{cfg.lm_layers}-layer, {cfg.lm_hidden}-d BERT, {cfg.lm_steps} MLM steps"
+           if not cfg.bert else f"{bert_name} (its manifest: kexue.lm.shipped_dir)")  # fmt: skip
     res.note(
         f"BERT: {pre}, pretrained on chinese-text (no CMRC text); held-out MLM accuracy "
         f"{ev['mlm_accuracy']:.3f}, perplexity {ev['perplexity']:.1f}. The article "

@@ -391,3 +391,91 @@ def lead_baseline(train: list, test: list) -> dict[str, float]:
     labelled = [ex for ex in test if ex.answers]
     preds = ["".join(ex.passages[0].split())[:k] for ex in labelled]
     return {**evaluate_predictions(preds, [ex.answers for ex in labelled]), "k": float(k)}
+
+
+def resolve_bert(
+    bert: str, pretrain: Any = None, progress: bool = True
+) -> tuple[Path, dict[str, Any]]:
+    """``(directory, summary)`` of a BERT: a shipped model's name or a directory (``summary``
+    from its manifest: held-out ``eval``, ``vocab_size``, ``manifest``), or for ``bert=""`` the
+    one that :func:`kexue.lm.cached_pretrained` pretrains from ``pretrain`` (a
+    :class:`kexue.lm.PretrainConfig`).
+
+    Raises:
+        FileNotFoundError: ``bert`` is neither a shipped model nor a directory.
+        ValueError: a file differs from the directory's manifest.
+    """
+    from kexue.lm import cached_pretrained, resolve_model_dir
+
+    if not bert:
+        return cached_pretrained(pretrain, progress=progress)
+    path = resolve_model_dir(bert)
+    if not path.is_dir():
+        raise FileNotFoundError(f"bert={bert!r}: neither a shipped model nor a directory")
+    man = verify_dir_manifest(path) or {}
+    ev = man.get("eval", {}).get("chinese_text_valid", {})
+    return path, {
+        "eval": {"mlm_accuracy": ev.get("mlm_accuracy", float("nan")),
+                 "perplexity": ev.get("perplexity", float("nan"))},
+        "vocab_size": man.get("vocab_size", 0),
+        "cached": True,
+        "manifest": man,
+    }  # fmt: skip
+
+
+def questions_per_second(reader: Any, examples: Sequence[Example], batch: int) -> float:
+    """Questions/s of ``reader.predict_batch`` on ``examples`` at ``batch`` (after a warm-up)."""
+    queries = [(ex.question, ex.passages) for ex in examples]
+    reader.predict_batch(queries[:2], batch)
+    t0 = time.perf_counter()
+    reader.predict_batch(queries, batch)
+    return len(queries) / (time.perf_counter() - t0)
+
+
+def train_and_score(
+    kind: str,
+    model_dir: str | os.PathLike,
+    train: Sequence[Example],
+    test: Sequence[Example],
+    held: Sequence[Example] = (),
+    *,
+    reader_kw: dict[str, Any],
+    fit_kw: dict[str, Any],
+    seed: int = 0,
+    eval_batch: int = 32,
+    speed_questions: int = 32,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """A fresh ``kind`` reader on ``model_dir``, fine-tuned on ``train`` (:func:`fit` with
+    ``fit_kw``), scored on ``test`` and on the held-out ``held`` (model selection), timed at
+    batch 1 and 32 on the first ``speed_questions`` test questions.
+
+    Returns:
+        ``em f1 accuracy sogou_f1 final empty empty_questions`` (test), ``holdout_f1`` (NaN
+        without ``held``), ``qps_1``, ``qps_32``, ``loss_start``/``loss_end`` (means of the
+        first/last logged losses), ``train_s``, ``seed`` and ``losses`` (every logged loss).
+    """
+    from kexue.core.seed import seed_everything
+
+    seed_everything(seed)
+    reader = make_reader(kind, model_dir, **reader_kw)
+    t0 = time.perf_counter()
+    hist = fit(reader, train, seed=seed, progress=progress, **fit_kw)
+    train_s = time.perf_counter() - t0
+    ev = evaluate(reader, test, batch_size=eval_batch)
+    hv = evaluate(reader, held, batch_size=eval_batch) if held else None
+    timed = list(test[:speed_questions])
+    losses = hist["losses"]
+    k = max(1, min(20, len(losses) // 5))
+    keys = ("em", "f1", "accuracy", "sogou_f1", "final", "empty", "empty_questions")
+    return {
+        **{m: ev[m] for m in keys},
+        "holdout_f1": hv["f1"] if hv else float("nan"),
+        "qps_1": questions_per_second(reader, timed, 1),
+        "qps_32": questions_per_second(reader, timed, 32),
+        "loss_start": sum(losses[:k]) / k,
+        "loss_end": sum(losses[-k:]) / k,
+        "train_s": train_s,
+        "seed": seed,
+        "losses": losses,
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -439,3 +440,65 @@ def load_model(model_dir: str | os.PathLike) -> tuple[nn.Module, Vocab, dict[str
             f"{d / 'model.safetensors'}: does not match {META} ({str(e).splitlines()[0]})"
         ) from None
     return model.eval(), vocab, meta
+
+
+def pseudo_target_data(model: nn.Module, data: PairData, max_len: int) -> PairData:
+    """Items ``(src, tgt, pseudo)`` for :meth:`BidirectionalSeq2Seq.loss`'s ``pseudo=``: each
+    source's greedy title by ``model`` (its first source token when it writes nothing)."""
+    outs = generate_ids(model, [it[0] for it in data.items], beam_size=1, max_len=max_len)
+    return PairData(
+        [(s, t, o["tokens"] or s[:1]) for (s, t, *_), o in zip(data.items, outs, strict=True)]
+    )
+
+
+def train_and_decode(
+    kind: str,
+    vocab: Vocab,
+    train: PairData,
+    test: Sequence[tuple[str, str]],
+    *,
+    model_kw: dict[str, Any],
+    fit_kw: dict[str, Any],
+    dev: Sequence[tuple[str, str]] = (),
+    max_src_len: int = 128,
+    max_tgt_len: int = 32,
+    beam_size: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A fresh ``kind`` model (:func:`new_model` with ``model_kw``) trained by :func:`fit`
+    (``fit_kw``; the kept step selected on ``dev``, held-out *training* pairs), then ``test``
+    decoded with beam ``beam_size``.
+
+    Returns:
+        ``hyps`` (test titles), ``loss0``/``loss1`` (teacher-forced loss of the first 64
+        training pairs before/after), ``test_loss`` (of the first 64 test pairs), ``train_s``,
+        ``decode_s``, ``r2l_share`` (share of bidirectional outputs won by R2L), ``kept_step``,
+        ``params`` and ``model``.
+    """
+    from kexue.core.seed import seed_everything
+
+    seed_everything(seed)
+    model = new_model(kind, vocab, **model_kw)
+    device = next(model.parameters()).device
+    lim = {"max_src_len": max_src_len, "max_tgt_len": max_tgt_len}
+    probe = tuple(x.to(device) for x in collate([it[:2] for it in train.items[:64]]))
+    tprobe = tuple(x.to(device) for x in collate(encode_pairs(vocab, test[:64], **lim).items))
+    with torch.no_grad():
+        model.eval()
+        loss0 = model.loss(*probe).item()
+    t0 = time.perf_counter()
+    hist = fit(model, train, seed=seed, dev=(vocab, dev) if dev else None,
+               dev_src_len=max_src_len, dev_tgt_len=max_tgt_len, **fit_kw)  # fmt: skip
+    train_s = time.perf_counter() - t0
+    with torch.no_grad():
+        loss1, test_loss = model.loss(*probe).item(), model.loss(*tprobe).item()
+    t0 = time.perf_counter()
+    sources = [encode_text(vocab, s, max_src_len) for s, _ in test]
+    outs = generate_ids(model, sources, beam_size=beam_size, max_len=max_tgt_len)
+    return {
+        "hyps": [detok(vocab, o["tokens"]) for o in outs], "loss0": loss0, "loss1": loss1,
+        "test_loss": test_loss, "train_s": train_s, "decode_s": time.perf_counter() - t0,
+        "r2l_share": sum(o.get("direction", 0) for o in outs) / len(outs),
+        "kept_step": hist.get("best", {}).get("step", fit_kw.get("steps")),
+        "params": sum(p.numel() for p in model.parameters()), "model": model,
+    }  # fmt: skip
